@@ -1,0 +1,116 @@
+"""Argument validation shared by every operator and layer: one place for the messages.
+
+Every message names the argument, says what was given and what was expected, so that a user
+who passes ``points`` of shape (2, 5, 3) reads "points must have a last dimension of size 2
+(x, y), got shape (2, 5, 3)" rather than an IndexError from deep inside a kernel.
+
+Dtype policy (DESIGN.md section 2): float32 and float64 are the supported dtypes. Arrays that
+meet in one operator are brought to their common float type (float32 only if all are float32),
+so float32 in gives float32 out. Integer, boolean and complex arrays raise ``TypeError``:
+silently turning pixel indices into floats hides bugs. Inputs are never modified; a
+non-contiguous, Fortran-ordered, negative-stride or read-only view is copied into a fresh
+C-contiguous array only when the kernels need one.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+
+import numpy as np
+
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
+
+
+def float_array(value, name: str, *, ndim: int | None = None, min_ndim: int | None = None
+                ) -> np.ndarray:
+    """Validate ``value`` as a float32/float64 array and return it (not yet contiguous).
+
+    Raises ``TypeError`` for non-float dtypes and ``ValueError`` for the wrong number of
+    dimensions.
+    """
+    arr = np.asarray(value)
+    if arr.dtype not in FLOAT_DTYPES:
+        raise TypeError(
+            f"{name} must be a float32 or float64 array, got dtype {arr.dtype}"
+            + (" (cast integer data explicitly, e.g. .astype(np.float64))"
+               if arr.dtype.kind in "iub" else "")
+        )
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {arr.shape}")
+    if min_ndim is not None and arr.ndim < min_ndim:
+        raise ValueError(
+            f"{name} must have at least {min_ndim} dimensions, got shape {arr.shape}")
+    return arr
+
+
+def common_float(*named_arrays: tuple[str, np.ndarray]) -> tuple[np.ndarray, ...]:
+    """Cast already-validated float arrays to their common dtype, C-contiguous.
+
+    ``common_float(("image", image), ("points", points))`` returns the arrays in order. An
+    array that already has the dtype and layout is returned as is (no copy); kernels only read
+    their inputs, so sharing memory is safe.
+    """
+    dtype = np.result_type(*(arr for _, arr in named_arrays))
+    return tuple(np.ascontiguousarray(arr, dtype=dtype) for _, arr in named_arrays)
+
+
+def last_dim(arr: np.ndarray, name: str, size: int, meaning: str) -> None:
+    """Require ``arr.shape[-1] == size``; ``meaning`` says what the entries are, e.g. "(x, y)"."""
+    if arr.shape[-1] != size:
+        raise ValueError(
+            f"{name} must have a last dimension of size {size} {meaning}, got shape {arr.shape}")
+
+
+def same_size(name_a: str, size_a: int, name_b: str, size_b: int, what: str) -> None:
+    """Require two sizes to agree, e.g. the batch sizes of ``image`` and ``points``."""
+    if size_a != size_b:
+        raise ValueError(f"{name_a} and {name_b} must have the same {what}, "
+                         f"got {size_a} and {size_b}")
+
+
+def shape_equals(arr: np.ndarray, name: str, expected: tuple[int, ...], why: str) -> None:
+    """Require ``arr.shape == expected``; ``why`` says where the expectation comes from."""
+    if tuple(arr.shape) != tuple(expected):
+        raise ValueError(
+            f"{name} must have shape {tuple(expected)} ({why}), got shape {tuple(arr.shape)}")
+
+
+def _as_int(value, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    return int(value)
+
+
+def int_pair(value, name: str, *, minimum: int) -> tuple[int, int]:
+    """Accept an int or a pair of ints (as torch does for size, stride, padding, dilation).
+
+    Each entry must be ``>= minimum``; e.g. ``minimum=1`` for a size or a stride,
+    ``minimum=0`` for padding.
+    """
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        if len(value) != 2:
+            raise ValueError(f"{name} must be an int or a pair of ints, got {value!r}")
+        pair = (_as_int(value[0], name), _as_int(value[1], name))
+    elif isinstance(value, np.ndarray) and value.shape == (2,):
+        pair = (_as_int(value[0].item(), name), _as_int(value[1].item(), name))
+    else:
+        v = _as_int(value, name)
+        pair = (v, v)
+    if min(pair) < minimum:
+        bound = "positive" if minimum == 1 else f">= {minimum}"
+        raise ValueError(f"{name} must be {bound}, got {value!r}")
+    return pair
+
+
+def choice(value, name: str, options: Sequence) -> None:
+    """Require ``value`` to be one of ``options``."""
+    if value not in options:
+        raise ValueError(f"{name} must be one of {tuple(options)}, got {value!r}")
+
+
+def boolean(value, name: str) -> bool:
+    """Require a real bool (``align_corners=1`` is allowed by torch but reads like a bug)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be True or False, got {value!r}")
+    return bool(value)
