@@ -1,5 +1,11 @@
-"""The heavy operators, each a package with four tiers (loop, numpy, numba, cuda)."""
+"""The heavy operators, each a package with four tiers (loop, numpy, numba, cuda).
+
+``OPERATORS`` lists them for ``scratchvision check`` and ``scratchvision bench``: each package
+has ``check_cases.CHECK_CASES`` and ``bench_cases.BENCH_CASES``.
+"""
 
 from . import bilinear
 
-__all__ = ["bilinear"]
+OPERATORS = ("bilinear",)
+
+__all__ = ["bilinear", "OPERATORS"]
