@@ -1,0 +1,102 @@
+"""The two commands: ``scratchvision check`` must be able to fail, and must say honestly which
+tiers ran; ``scratchvision bench --quick`` must produce its table (a smoke test: speed is never
+asserted here)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from scratchvision import _dispatch, cli, selfcheck
+from scratchvision.ops.bilinear import check_cases, sample_backward
+
+
+def _json_rows(capsys, argv):
+    code = cli.main(argv)
+    return code, json.loads(capsys.readouterr().out)
+
+
+def test_check_passes_and_reports_every_case(capsys):
+    code, rows = _json_rows(capsys, ["check", "bilinear", "--backend", "numpy", "--cases", "1",
+                                     "--json"])
+    assert code == 0
+    assert {r["op"] for r in rows} == {c.name for c in check_cases.CHECK_CASES}
+    for r in rows:
+        assert r["tier"] == "numpy" and r["status"] == "ok"
+        assert r["forward_error"] <= selfcheck.FORWARD_RTOL
+
+
+def test_check_fails_on_a_wrong_backward(capsys, monkeypatch):
+    def off_by_one_percent(gy, image, points, backend):
+        grads = sample_backward(gy, image, points, backend=backend)
+        return grads._replace(grad_points=grads.grad_points * 1.01)
+
+    broken = check_cases.CHECK_CASES[0]
+    assert broken.name == "bilinear.sample"
+    monkeypatch.setitem(check_cases.CHECK_CASES, 0,
+                        selfcheck.CheckCase(broken.name, broken.make_inputs, broken.forward,
+                                            off_by_one_percent, broken.wrt))
+    code, rows = _json_rows(capsys, ["check", "--backend", "numpy", "--cases", "1", "--json"])
+    assert code == 1
+    status = {r["op"]: r["status"] for r in rows}
+    assert status["bilinear.sample"].startswith("FAIL")
+    assert "points" in status["bilinear.sample"]
+
+
+def test_check_fails_on_a_wrong_forward(capsys, monkeypatch):
+    broken = check_cases.CHECK_CASES[1]
+
+    def shifted_forward(x, backend):
+        out = broken.forward(x, backend=backend)
+        return out + 1e-6 if backend == "numpy" else out
+
+    monkeypatch.setitem(check_cases.CHECK_CASES, 1,
+                        selfcheck.CheckCase(broken.name, broken.make_inputs, shifted_forward,
+                                            broken.backward, broken.wrt))
+    code, rows = _json_rows(capsys, ["check", "--backend", "numpy", "--cases", "1", "--json"])
+    assert code == 1
+    row = next(r for r in rows if r["op"] == broken.name)
+    assert row["status"] == "FAIL" and row["forward_error"] > selfcheck.FORWARD_RTOL
+
+
+def test_check_reports_an_unavailable_tier_without_failing(capsys, monkeypatch):
+    def no_cuda(tier):
+        if tier == "cuda":
+            return _dispatch.TierStatus(False, "unavailable", "no CUDA GPU (test)")
+        return _dispatch.TierStatus(True, "cpu", "CPU")
+
+    monkeypatch.setattr(selfcheck, "tier_status", no_cuda)
+    monkeypatch.setattr(selfcheck.importlib.util, "find_spec", lambda name: None)
+    code, rows = _json_rows(capsys, ["check", "--backend", "cuda", "--json"])
+    assert code == 0
+    assert rows and all(r["status"] == "unavailable: no CUDA GPU (test)" for r in rows)
+
+
+def test_check_runs_the_cuda_tier_and_says_where(capsys):
+    # conftest switches on the simulator when there is no GPU; with a GPU this is the real one
+    status = _dispatch.tier_status("cuda")
+    if not status.available:
+        pytest.skip(f"cuda tier unavailable: {status.detail}")
+    code, rows = _json_rows(capsys, ["check", "--backend", "cuda", "--cases", "1", "--json"])
+    assert code == 0
+    expected = "simulator" if status.kind == "simulator" else status.detail
+    assert rows and all(r["device"] == expected and r["status"] == "ok" for r in rows)
+
+
+def test_check_table_and_unknown_op(capsys):
+    assert cli.main(["check", "bilinear", "--backend", "loop", "--cases", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "all checks passed" in out and "bilinear.sample" in out
+    with pytest.raises(SystemExit, match="unknown op 'nope'"):
+        cli.main(["check", "nope"])
+
+
+def test_bench_quick_prints_a_row_per_tier(capsys):
+    assert cli.main(["bench", "bilinear", "--quick", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert rows, "bench printed no rows"
+    text = json.dumps(rows)
+    for name in ("bilinear.sample", "bilinear.resize", "numba", "numpy"):
+        assert name in text
+    timed = [r for r in rows if isinstance(r, dict) and r.get("fwd_ms") is not None]
+    assert timed and all(np.isfinite(r["fwd_ms"]) and r["fwd_ms"] > 0 for r in timed)
