@@ -104,7 +104,7 @@ def sample_backward(gy, image, points, backend: str = "auto") -> SampleGrads:
     _checks.shape_equals(gy, "gy", (n, c) + point_shape, "the shape of sample's output")
     tier = _tiers.get(backend)
     image, flat_points, gy = _checks.common_float(
-        ("image", image), ("points", flat_points), ("gy", gy.reshape(n, c, -1)))
+        ("image", image), ("points", flat_points), ("gy", gy.reshape(n, c, flat_points.shape[1])))
     if image.size == 0 or flat_points.size == 0:
         grad_image, grad_points = np.zeros_like(image), np.zeros_like(flat_points)
     else:
