@@ -18,6 +18,7 @@ modes. The derivations are in ``docs/derivations/bilinear.md``.
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import numpy as np
@@ -60,7 +61,7 @@ def _sample_args(image, points):
     point_shape = points.shape[1:-1]
     n = points.shape[0]
     # (N, *, 2) -> (N, P, 2) with P = prod(*)
-    flat_points = points.reshape(n, -1, 2)
+    flat_points = points.reshape(n, math.prod(point_shape), 2)
     return image, flat_points, point_shape
 
 
@@ -103,8 +104,9 @@ def sample_backward(gy, image, points, backend: str = "auto") -> SampleGrads:
     gy = _checks.float_array(gy, "gy")
     _checks.shape_equals(gy, "gy", (n, c) + point_shape, "the shape of sample's output")
     tier = _tiers.get(backend)
+    gy = gy.reshape(n, c, flat_points.shape[1])  # (N, C, *) -> (N, C, P)
     image, flat_points, gy = _checks.common_float(
-        ("image", image), ("points", flat_points), ("gy", gy.reshape(n, c, flat_points.shape[1])))
+        ("image", image), ("points", flat_points), ("gy", gy))
     if image.size == 0 or flat_points.size == 0:
         grad_image, grad_points = np.zeros_like(image), np.zeros_like(flat_points)
     else:
