@@ -82,6 +82,14 @@ def _as_int(value, name: str) -> int:
     return int(value)
 
 
+def positive_int(value, name: str) -> int:
+    """Require an integer >= 1 (e.g. ``groups``)."""
+    v = _as_int(value, name)
+    if v < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return v
+
+
 def int_pair(value, name: str, *, minimum: int) -> tuple[int, int]:
     """Accept an int or a pair of ints (as torch does for size, stride, padding, dilation).
 
