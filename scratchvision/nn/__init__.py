@@ -1,0 +1,18 @@
+"""Layers with hand-written backward passes, composed from :mod:`scratchvision.ops`.
+
+* :class:`Parameter`, :class:`Module`, :class:`Sequential` -- the machinery
+  (:mod:`scratchvision.nn.module` explains the forward / backward / accumulate contract);
+* :class:`Linear`, :class:`ReLU`;
+* :class:`Conv2d`, :class:`DeformConv2d` (DCNv1 and DCNv2, with their own offset predictor).
+
+Train them with :mod:`scratchvision.optim`. Parameter names and shapes are torch's, so
+``layer.load_state_dict({k: v.numpy() for k, v in torch_layer.state_dict().items()})`` gives
+the same function as the torch layer.
+"""
+
+from .activation import ReLU
+from .conv import Conv2d, DeformConv2d
+from .linear import Linear
+from .module import Module, Parameter, Sequential
+
+__all__ = ["Parameter", "Module", "Sequential", "Linear", "ReLU", "Conv2d", "DeformConv2d"]
