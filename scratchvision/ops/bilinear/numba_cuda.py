@@ -1,8 +1,11 @@
 """CUDA tier of bilinear sampling and resizing: ``numba.cuda`` kernels and their host wrappers.
 
 Each public function copies its numpy inputs to the device, launches one or two kernels and
-copies the result back, so it takes and returns numpy arrays like the other tiers. Equation
-numbers refer to ``docs/derivations/bilinear.md`` and the names mirror ``loop.py``.
+copies the result back, so it takes and returns numpy arrays like the other tiers. The
+``*_on_device`` variants of sampling take and return device arrays instead: ``deform_conv2d``'s
+cuda tier samples its columns and scatters their gradients through them. The launch helper is
+``scratchvision.ops.cuda_common.launch``. Equation numbers refer to
+``docs/derivations/bilinear.md`` and the names mirror ``loop.py``.
 
 What changes relative to ``loop.py``, and why:
 
@@ -41,25 +44,10 @@ import math
 from types import SimpleNamespace
 
 import numpy as np
-from numba import config as numba_config
 from numba import cuda
 
+from ..cuda_common import launch
 from .resize_tables import adjoint_taps, axis_taps
-
-# Launch shape. A real GPU wants enough threads in flight to hide memory latency; the grid is
-# capped because every kernel strides over its range anyway. The simulator runs one Python
-# thread per CUDA thread, so there a small grid of small blocks is much cheaper to start.
-if numba_config.ENABLE_CUDASIM:
-    THREADS_PER_BLOCK, MAX_BLOCKS = 16, 4
-else:
-    THREADS_PER_BLOCK, MAX_BLOCKS = 128, 65536
-
-
-def _launch(kernel, n_items: int, *args) -> None:
-    """Run ``kernel(*args)`` on enough threads to cover ``n_items`` flat work items."""
-    blocks = min(MAX_BLOCKS, max(1, -(-n_items // THREADS_PER_BLOCK)))
-    kernel[blocks, THREADS_PER_BLOCK](*args)
-
 
 # ----------------------------------------------------------------------------- kernels
 
@@ -298,31 +286,45 @@ def _resize_tables(in_size: int, out_size: int, align_corners: bool, mode: str, 
     return taps._replace(weight=taps.weight.astype(dtype))
 
 
-def sample(image: np.ndarray, points: np.ndarray) -> np.ndarray:
-    """out (N, C, P) from image (N, C, H, W) and points (N, P, 2): eq. (4)."""
+def sample_on_device(image, points):
+    """out (N, C, P) device array from device arrays image (N, C, H, W) and points (N, P, 2):
+    eq. (4). ``deform_conv2d``'s cuda tier samples its columns with this."""
     n_batch, channels = image.shape[:2]
     n_points = points.shape[1]
-    kernels = _KERNELS[image.dtype]
     out = cuda.device_array((n_batch, channels, n_points), dtype=image.dtype)
-    _launch(kernels.sample, n_batch * n_points,
-            cuda.to_device(image), cuda.to_device(points), out)
-    return out.copy_to_host()
+    launch(_KERNELS[image.dtype].sample, n_batch * n_points, image, points, out)
+    return out
+
+
+def sample_backward_on_device(gy, image, points, host_points: np.ndarray):
+    """grad_image (N, C, H, W) by eq. (5) and grad_points (N, P, 2) by eqs. (6)-(7), as
+    device arrays, from device arrays gy (N, C, P), image (N, C, H, W) and points (N, P, 2).
+
+    ``host_points`` is the same (N, P, 2) array on the host: the gather for ``grad_image`` needs
+    the points binned by cell, which :func:`_bin_points_by_cell` does there.
+    """
+    n_batch, _, height, width = image.shape
+    n_points = points.shape[1]
+    kernels = _KERNELS[image.dtype]
+    cell_start, cell_points = _bin_points_by_cell(host_points, height, width)
+    grad_image = cuda.device_array(image.shape, dtype=image.dtype)
+    grad_points = cuda.device_array(points.shape, dtype=points.dtype)
+    launch(kernels.grad_image, n_batch * height * width, gy, points,
+           cuda.to_device(cell_start), cuda.to_device(cell_points), grad_image)
+    launch(kernels.grad_points, n_batch * n_points, gy, image, points, grad_points)
+    return grad_image, grad_points
+
+
+def sample(image: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """out (N, C, P) from image (N, C, H, W) and points (N, P, 2): eq. (4)."""
+    return sample_on_device(cuda.to_device(image), cuda.to_device(points)).copy_to_host()
 
 
 def sample_backward(gy: np.ndarray, image: np.ndarray, points: np.ndarray):
     """grad_image (N, C, H, W) by eq. (5) and grad_points (N, P, 2) by eqs. (6)-(7), from
     gy (N, C, P), image (N, C, H, W) and points (N, P, 2)."""
-    n_batch, _, height, width = image.shape
-    n_points = points.shape[1]
-    kernels = _KERNELS[image.dtype]
-    cell_start, cell_points = _bin_points_by_cell(points, height, width)
-    d_gy, d_points = cuda.to_device(gy), cuda.to_device(points)
-    grad_image = cuda.device_array(image.shape, dtype=image.dtype)
-    grad_points = cuda.device_array(points.shape, dtype=points.dtype)
-    _launch(kernels.grad_image, n_batch * height * width, d_gy, d_points,
-            cuda.to_device(cell_start), cuda.to_device(cell_points), grad_image)
-    _launch(kernels.grad_points, n_batch * n_points, d_gy, cuda.to_device(image), d_points,
-            grad_points)
+    grad_image, grad_points = sample_backward_on_device(
+        cuda.to_device(gy), cuda.to_device(image), cuda.to_device(points), points)
     return grad_image.copy_to_host(), grad_points.copy_to_host()
 
 
@@ -332,9 +334,9 @@ def resize(x: np.ndarray, out_h: int, out_w: int, align_corners: bool, mode: str
     rows = _resize_tables(height, out_h, align_corners, mode, x.dtype)
     cols = _resize_tables(width, out_w, align_corners, mode, x.dtype)
     out = cuda.device_array((n_batch, channels, out_h, out_w), dtype=x.dtype)
-    _launch(_KERNELS[x.dtype].resize, out.size, cuda.to_device(x),
-            cuda.to_device(rows.index), cuda.to_device(rows.weight),
-            cuda.to_device(cols.index), cuda.to_device(cols.weight), mode == "nearest", out)
+    launch(_KERNELS[x.dtype].resize, out.size, cuda.to_device(x),
+           cuda.to_device(rows.index), cuda.to_device(rows.weight),
+           cuda.to_device(cols.index), cuda.to_device(cols.weight), mode == "nearest", out)
     return out.copy_to_host()
 
 
@@ -345,9 +347,9 @@ def resize_backward(gy: np.ndarray, height: int, width: int, align_corners: bool
     rows = adjoint_taps(_resize_tables(height, out_h, align_corners, mode, gy.dtype), height)
     cols = adjoint_taps(_resize_tables(width, out_w, align_corners, mode, gy.dtype), width)
     grad = cuda.device_array((n_batch, channels, height, width), dtype=gy.dtype)
-    _launch(_KERNELS[gy.dtype].resize_backward, grad.size, cuda.to_device(gy),
-            cuda.to_device(rows.indptr), cuda.to_device(rows.out_index),
-            cuda.to_device(rows.weight), cuda.to_device(cols.indptr),
-            cuda.to_device(cols.out_index), cuda.to_device(cols.weight),
-            mode == "nearest", grad)
+    launch(_KERNELS[gy.dtype].resize_backward, grad.size, cuda.to_device(gy),
+           cuda.to_device(rows.indptr), cuda.to_device(rows.out_index),
+           cuda.to_device(rows.weight), cuda.to_device(cols.indptr),
+           cuda.to_device(cols.out_index), cuda.to_device(cols.weight),
+           mode == "nearest", grad)
     return grad.copy_to_host()
