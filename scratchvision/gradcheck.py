@@ -16,6 +16,13 @@ swaps two output positions) can still pass. A standard-normal ``gy`` catches bot
 Central differences are exact for piecewise-linear functions as long as ``x +- eps`` stays on
 one linear piece, and have error ``O(eps^2)`` for smooth ones; work in float64 and keep inputs
 away from kinks by more than ``eps`` (the test strategies do exactly that).
+
+What they are never free of is rounding: each ``y_j(x +- eps)`` carries an error of a few units
+of roundoff ``u`` times ``|y_j|``, and dividing the difference by ``2 eps`` magnifies it, so the
+contracted difference is uncertain by about ``u * sum_j |gy_j| |y_j| / eps``. With many outputs
+of size ~10 that is ~1e-9, larger than a fixed ``atol`` would allow for a near-zero gradient
+entry. Every element therefore also gets ``rounding = ROUNDING_UNITS * u * sum_j |gy_j| |y_j|
+/ eps`` of slack (reported as ``rounding``); a wrong gradient is off by far more than that.
 """
 
 from __future__ import annotations
@@ -28,6 +35,9 @@ import numpy as np
 __all__ = ["gradcheck", "numerical_vjp", "GradcheckReport", "InputCheck"]
 
 JACOBIAN_MAX_ELEMENTS = 2000
+#: units of roundoff allowed per output value in the rounding slack (sums of a few dozen
+#: products carry a few units of roundoff; 16 is a safe multiple of that)
+ROUNDING_UNITS = 16
 
 
 @dataclass
@@ -37,7 +47,8 @@ class InputCheck:
     ``analytic`` and ``numeric`` are the compared quantities: the gradient arrays in
     ``"jacobian"`` mode (shape of the input) or the directional derivatives in
     ``"directional"`` mode (shape ``(n_directions,)``). ``worst_index`` is the position (in
-    those arrays) of the largest violation of ``|a - n| <= atol + rtol * |n|``.
+    those arrays) of the largest violation of ``|a - n| <= atol + rounding + rtol * |n|``,
+    where ``rounding`` bounds the floating-point error of the central differences.
     """
 
     name: str
@@ -45,6 +56,7 @@ class InputCheck:
     max_abs_error: float
     max_rel_error: float
     worst_index: tuple
+    rounding: float
     analytic: np.ndarray
     numeric: np.ndarray
     ok: bool
@@ -147,9 +159,9 @@ def _directional(forward, arrays, name, gy, grad, eps, n_directions, rng):
     return analytic, numeric
 
 
-def _compare(name, mode, analytic, numeric, rtol, atol) -> InputCheck:
+def _compare(name, mode, analytic, numeric, rtol, atol, rounding) -> InputCheck:
     error = np.abs(analytic - numeric)
-    allowed = atol + rtol * np.abs(numeric)
+    allowed = atol + rounding + rtol * np.abs(numeric)
     violation = error / allowed
     worst = np.unravel_index(int(np.argmax(violation)), violation.shape) if error.size else ()
     rel = error / np.maximum(np.abs(numeric), atol / rtol if rtol > 0 else atol)
@@ -158,6 +170,7 @@ def _compare(name, mode, analytic, numeric, rtol, atol) -> InputCheck:
         max_abs_error=float(error.max(initial=0.0)),
         max_rel_error=float(rel.max(initial=0.0)),
         worst_index=tuple(int(i) for i in worst),
+        rounding=rounding,
         analytic=analytic, numeric=numeric,
         ok=bool(np.all(error <= allowed)),
     )
@@ -179,7 +192,9 @@ def gradcheck(forward: Callable, backward: Callable, inputs, *, wrt=None, mode: 
         mode: ``"jacobian"``, ``"directional"`` or ``"auto"`` (jacobian for inputs of at most
             2000 elements).
         eps: the central-difference step.
-        rtol, atol: an element passes when ``|analytic - numeric| <= atol + rtol * |numeric|``.
+        rtol, atol: an element passes when ``|analytic - numeric| <= atol + rounding +
+            rtol * |numeric|``, ``rounding`` being the rounding-error slack described in the
+            module docstring.
         n_directions: random directions per input in directional mode.
         seed: seeds the upstream gradient ``gy`` (standard normal) and the directions.
 
@@ -201,6 +216,8 @@ def gradcheck(forward: Callable, backward: Callable, inputs, *, wrt=None, mode: 
     rng = np.random.default_rng(seed)
     y = np.asarray(forward(*arrays.values()), dtype=np.float64)
     gy = rng.standard_normal(y.shape)  # random, non-uniform upstream gradient
+    # rounding error of a contracted central difference (module docstring)
+    rounding = ROUNDING_UNITS * np.finfo(np.float64).eps / 2 * float(np.sum(np.abs(gy * y))) / eps
     grads = _grads_by_name(backward(gy, *arrays.values()), names)
 
     report = GradcheckReport()
@@ -218,9 +235,9 @@ def gradcheck(forward: Callable, backward: Callable, inputs, *, wrt=None, mode: 
             use = "jacobian" if arrays[name].size <= JACOBIAN_MAX_ELEMENTS else "directional"
         if use == "jacobian":
             numeric = numerical_vjp(forward, arrays, name, gy, eps)
-            report.results[name] = _compare(name, use, grad, numeric, rtol, atol)
+            report.results[name] = _compare(name, use, grad, numeric, rtol, atol, rounding)
         else:
             analytic, numeric = _directional(forward, arrays, name, gy, grad, eps,
                                              n_directions, rng)
-            report.results[name] = _compare(name, use, analytic, numeric, rtol, atol)
+            report.results[name] = _compare(name, use, analytic, numeric, rtol, atol, rounding)
     return report

@@ -182,3 +182,239 @@ def resize_cases(draw, bounds: Bounds = DEFAULT) -> ResizeCase:
                              "downsampling" if new < old else "same size"))
     event(f"mode={mode}, align_corners={align_corners}")
     return ResizeCase(x, size, mode, align_corners, gy)
+
+
+# ------------------------------------------------------------------------ deformable convolution
+
+@dataclass(frozen=True)
+class DeformBounds:
+    """Upper bounds for :func:`deform_cases`. Channels are drawn as multiples of both group
+    counts; ``extra_side`` is how much larger than the smallest valid input H and W may be."""
+
+    batch: int = 2
+    groups: int = 2
+    channels_per_group: int = 2
+    kernel: int = 3
+    stride: int = 2
+    padding: int = 1
+    dilation: int = 2
+    extra_side: int = 3
+
+
+DEFORM_DEFAULT = DeformBounds()
+#: small enough for the loop tier's finite differences and for the CUDA simulator
+DEFORM_TINY = DeformBounds(batch=2, groups=2, channels_per_group=1, kernel=2, stride=2,
+                           padding=1, dilation=2, extra_side=2)
+
+
+@dataclass(frozen=True)
+class DeformCase:
+    """One ``deform_conv2d`` case, all float64: ``x`` (N, C, H, W), ``offset``
+    (N, 2 * G * kh * kw, Ho, Wo), ``weight`` (O, C / groups, kh, kw), ``bias`` (O,) or None,
+    ``mask`` (N, G * kh * kw, Ho, Wo) or None, ``gy`` (N, O, Ho, Wo); hyper-parameters as
+    (along H, along W) pairs."""
+
+    x: np.ndarray
+    offset: np.ndarray
+    weight: np.ndarray
+    bias: np.ndarray | None
+    mask: np.ndarray | None
+    gy: np.ndarray
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+
+    @property
+    def options(self) -> dict:
+        """Keyword arguments for ``forward`` / ``backward`` (mask included)."""
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
+                    mask=self.mask)
+
+    @property
+    def arrays(self) -> dict:
+        """The array arguments in the order of ``forward``'s signature, without absent ones."""
+        named = dict(x=self.x, offset=self.offset, weight=self.weight, bias=self.bias,
+                     mask=self.mask)
+        return {name: value for name, value in named.items() if value is not None}
+
+    def astype(self, dtype) -> DeformCase:
+        """The same case with every array cast to ``dtype``."""
+        def cast(a):
+            return None if a is None else a.astype(dtype)
+        return DeformCase(cast(self.x), cast(self.offset), cast(self.weight), cast(self.bias),
+                          cast(self.mask), cast(self.gy), self.stride, self.padding,
+                          self.dilation)
+
+
+def _smallest_side(kernel: int, padding: int, dilation: int) -> int:
+    """The smallest input size that leaves a non-empty output along one axis."""
+    return max(1, dilation * (kernel - 1) + 1 - 2 * padding)
+
+
+@st.composite
+def smooth_offsets(draw, shape: tuple, margin: float = KINK_MARGIN) -> np.ndarray:
+    """Offsets of ``shape`` in (-2, 2) whose fractional part lies in [margin, 1 - margin].
+
+    A sampled coordinate is an integer grid position plus an offset, so it is an integer --
+    a kink of the bilinear interpolant -- exactly when the offset is: these offsets keep every
+    sampled point ``margin`` away from the kinks (the image borders included).
+    """
+    count = int(np.prod(shape))
+    cells = draw(st.lists(st.integers(-2, 1), min_size=count, max_size=count))
+    fractions = draw(st.lists(st.floats(margin, 1.0 - margin), min_size=count,
+                              max_size=count))
+    return (np.array(cells, dtype=np.float64) + fractions).reshape(shape)
+
+
+@st.composite
+def any_offsets(draw, shape: tuple) -> np.ndarray:
+    """Offsets of ``shape`` that may be exact integers (kinks), zero or non-finite."""
+    count = int(np.prod(shape))
+    values = draw(st.lists(st.one_of(
+        st.floats(-2.5, 2.5, allow_nan=False),
+        st.integers(-2, 2).map(float),
+        st.sampled_from([float("nan"), float("inf"), float("-inf")]),
+    ), min_size=count, max_size=count))
+    offsets = np.array(values, dtype=np.float64).reshape(shape)
+    if not np.isfinite(offsets).all():
+        event("some offsets are non-finite")
+    finite = offsets[np.isfinite(offsets)]
+    if (finite == np.floor(finite)).any():
+        event("some offsets are integers (kinks)")
+    return offsets
+
+
+@st.composite
+def deform_cases(draw, bounds: DeformBounds = DEFORM_DEFAULT, smooth: bool = True,
+                 mask: bool | None = None, bias: bool | None = None) -> DeformCase:
+    """A drawn deformable convolution: weight groups and offset groups (1 .. bounds.groups),
+    channels that both divide, kernel, stride, padding, dilation, an input size with a
+    non-empty output, offsets (off the kinks when ``smooth``, else seeking them), a mask with
+    values outside [0, 1] too (DCNv2; none for DCNv1) and a bias. ``mask`` / ``bias``: True or
+    False to force, None to draw."""
+    weight_groups = draw(st.integers(1, bounds.groups), label="weight groups")
+    offset_groups = draw(st.integers(1, bounds.groups), label="offset groups")
+    unit = int(np.lcm(weight_groups, offset_groups))  # C_in must split both ways
+    channels = unit * draw(st.integers(1, bounds.channels_per_group), label="C_in / lcm")
+    out_channels = weight_groups * draw(st.integers(1, bounds.channels_per_group),
+                                        label="C_out / groups")
+    n = draw(st.integers(1, bounds.batch), label="N")
+    kernel, stride, padding, dilation, size = [], [], [], [], []
+    for axis in "hw":
+        k = draw(st.integers(1, bounds.kernel), label=f"k{axis}")
+        s = draw(st.integers(1, bounds.stride), label=f"s{axis}")
+        p = draw(st.integers(0, bounds.padding), label=f"p{axis}")
+        d = draw(st.integers(1, bounds.dilation), label=f"d{axis}")
+        smallest = _smallest_side(k, p, d)
+        size.append(draw(st.integers(smallest, smallest + bounds.extra_side), label=axis))
+        kernel.append(k), stride.append(s), padding.append(p), dilation.append(d)
+    out = tuple((size[a] + 2 * padding[a] - dilation[a] * (kernel[a] - 1) - 1) // stride[a] + 1
+                for a in range(2))
+    n_taps = kernel[0] * kernel[1]
+    x = draw(float64_arrays((n, channels) + tuple(size)), label="x")
+    offset_shape = (n, 2 * offset_groups * n_taps) + out
+    offset = draw((smooth_offsets if smooth else any_offsets)(offset_shape), label="offset")
+    weight = draw(float64_arrays((out_channels, channels // weight_groups) + tuple(kernel)),
+                  label="weight")
+    has_bias = draw(st.booleans(), label="has bias") if bias is None else bias
+    has_mask = draw(st.booleans(), label="DCNv2 (mask)") if mask is None else mask
+    bias_array = draw(float64_arrays((out_channels,)), label="bias") if has_bias else None
+    mask_array = (draw(float64_arrays((n, offset_groups * n_taps) + out, bound=1.5),
+                       label="mask") if has_mask else None)
+    gy = draw(float64_arrays((n, out_channels) + out), label="gy")
+    event(f"offset groups {offset_groups}, weight groups {weight_groups}")
+    event("DCNv2 (mask)" if has_mask else "DCNv1 (no mask)")
+    return DeformCase(x, offset, weight, bias_array, mask_array, gy, tuple(stride),
+                      tuple(padding), tuple(dilation))
+
+
+# ----------------------------------------------------------------------------- convolution
+
+@dataclass(frozen=True)
+class ConvBounds:
+    """Upper bounds for :func:`conv_cases`; channels are drawn per group, and ``extra_side``
+    is how much larger than the smallest valid input H and W may be."""
+
+    batch: int = 2
+    groups: int = 3
+    channels_per_group: int = 2
+    kernel: int = 3
+    stride: int = 2
+    padding: int = 2
+    dilation: int = 2
+    extra_side: int = 4
+
+
+CONV_DEFAULT = ConvBounds()
+#: small enough for the loop tier's finite differences and for the CUDA simulator
+CONV_TINY = ConvBounds(batch=2, groups=2, channels_per_group=2, kernel=3, stride=2, padding=1,
+                       dilation=2, extra_side=2)
+
+
+@dataclass(frozen=True)
+class ConvCase:
+    """One ``conv2d`` case: ``x`` (N, C_in, H, W), ``weight`` (C_out, C_in / groups, kh, kw),
+    ``bias`` (C_out,) or None, ``gy`` (N, C_out, Ho, Wo); hyper-parameters as (along H,
+    along W) pairs; float64 unless cast with :meth:`astype`."""
+
+    x: np.ndarray
+    weight: np.ndarray
+    bias: np.ndarray | None
+    gy: np.ndarray
+    stride: tuple[int, int]
+    padding: tuple[int, int]
+    dilation: tuple[int, int]
+    groups: int
+
+    @property
+    def options(self) -> dict:
+        """Keyword arguments for ``conv2d.forward`` / ``backward``."""
+        return dict(stride=self.stride, padding=self.padding, dilation=self.dilation,
+                    groups=self.groups)
+
+    @property
+    def arrays(self) -> dict:
+        """``x``, ``weight`` and (when present) ``bias``, in ``forward``'s order."""
+        named = dict(x=self.x, weight=self.weight, bias=self.bias)
+        return {name: value for name, value in named.items() if value is not None}
+
+    def astype(self, dtype) -> ConvCase:
+        """The same case with every array cast to ``dtype``."""
+        def cast(a):
+            return None if a is None else a.astype(dtype)
+        return ConvCase(cast(self.x), cast(self.weight), cast(self.bias), cast(self.gy),
+                        self.stride, self.padding, self.dilation, self.groups)
+
+
+@st.composite
+def conv_cases(draw, bounds: ConvBounds = CONV_DEFAULT, bias: bool | None = None) -> ConvCase:
+    """A drawn convolution: groups, channels per group (in and out), batch, and per axis the
+    kernel, stride, padding, dilation and an input size with a non-empty output; a bias
+    (``bias``: True / False to force, None to draw) and an upstream gradient."""
+    groups = draw(st.integers(1, bounds.groups), label="groups")
+    c_in = groups * draw(st.integers(1, bounds.channels_per_group), label="C_in / groups")
+    c_out = groups * draw(st.integers(1, bounds.channels_per_group), label="C_out / groups")
+    n = draw(st.integers(1, bounds.batch), label="N")
+    kernel, stride, padding, dilation, size = [], [], [], [], []
+    for axis in "hw":
+        k = draw(st.integers(1, bounds.kernel), label=f"k{axis}")
+        s = draw(st.integers(1, bounds.stride), label=f"s{axis}")
+        p = draw(st.integers(0, bounds.padding), label=f"p{axis}")
+        d = draw(st.integers(1, bounds.dilation), label=f"d{axis}")
+        smallest = _smallest_side(k, p, d)
+        size.append(draw(st.integers(smallest, smallest + bounds.extra_side), label=axis))
+        kernel.append(k), stride.append(s), padding.append(p), dilation.append(d)
+    out = tuple((size[a] + 2 * padding[a] - dilation[a] * (kernel[a] - 1) - 1) // stride[a] + 1
+                for a in range(2))
+    x = draw(float64_arrays((n, c_in) + tuple(size)), label="x")
+    weight = draw(float64_arrays((c_out, c_in // groups) + tuple(kernel)), label="weight")
+    has_bias = draw(st.booleans(), label="has bias") if bias is None else bias
+    bias_array = draw(float64_arrays((c_out,)), label="bias") if has_bias else None
+    gy = draw(float64_arrays((n, c_out) + out), label="gy")
+    event("depthwise" if groups == c_in == c_out > 1 else f"groups {groups}")
+    if max(padding) > 0:
+        event("padding")
+    if max(stride) > 1 or max(dilation) > 1:
+        event("stride or dilation > 1")
+    return ConvCase(x, weight, bias_array, gy, tuple(stride), tuple(padding), tuple(dilation),
+                    groups)

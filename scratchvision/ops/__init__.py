@@ -4,8 +4,8 @@
 has ``check_cases.CHECK_CASES`` and ``bench_cases.BENCH_CASES``.
 """
 
-from . import bilinear
+from . import bilinear, conv2d, deform_conv2d
 
-OPERATORS = ("bilinear",)
+OPERATORS = ("bilinear", "conv2d", "deform_conv2d")
 
-__all__ = ["bilinear", "OPERATORS"]
+__all__ = ["bilinear", "conv2d", "deform_conv2d", "OPERATORS"]
