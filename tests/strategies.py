@@ -252,6 +252,25 @@ def _smallest_side(kernel: int, padding: int, dilation: int) -> int:
 
 
 @st.composite
+def conv_geometries(draw, bounds):
+    """Per axis (H, W): kernel, stride, padding, dilation and an input size whose output is
+    non-empty, within ``bounds`` (a ConvBounds or DeformBounds); returns those five pairs as
+    lists and the output size ``out`` (Ho, Wo). Shared by conv and deform cases."""
+    kernel, stride, padding, dilation, size = [], [], [], [], []
+    for axis in "hw":
+        k = draw(st.integers(1, bounds.kernel), label=f"k{axis}")
+        s = draw(st.integers(1, bounds.stride), label=f"s{axis}")
+        p = draw(st.integers(0, bounds.padding), label=f"p{axis}")
+        d = draw(st.integers(1, bounds.dilation), label=f"d{axis}")
+        smallest = _smallest_side(k, p, d)
+        size.append(draw(st.integers(smallest, smallest + bounds.extra_side), label=axis))
+        kernel.append(k), stride.append(s), padding.append(p), dilation.append(d)
+    out = tuple((size[a] + 2 * padding[a] - dilation[a] * (kernel[a] - 1) - 1) // stride[a] + 1
+                for a in range(2))
+    return kernel, stride, padding, dilation, size, out
+
+
+@st.composite
 def smooth_offsets(draw, shape: tuple, margin: float = KINK_MARGIN) -> np.ndarray:
     """Offsets of ``shape`` in (-2, 2) whose fractional part lies in [margin, 1 - margin].
 
@@ -299,17 +318,7 @@ def deform_cases(draw, bounds: DeformBounds = DEFORM_DEFAULT, smooth: bool = Tru
     out_channels = weight_groups * draw(st.integers(1, bounds.channels_per_group),
                                         label="C_out / groups")
     n = draw(st.integers(1, bounds.batch), label="N")
-    kernel, stride, padding, dilation, size = [], [], [], [], []
-    for axis in "hw":
-        k = draw(st.integers(1, bounds.kernel), label=f"k{axis}")
-        s = draw(st.integers(1, bounds.stride), label=f"s{axis}")
-        p = draw(st.integers(0, bounds.padding), label=f"p{axis}")
-        d = draw(st.integers(1, bounds.dilation), label=f"d{axis}")
-        smallest = _smallest_side(k, p, d)
-        size.append(draw(st.integers(smallest, smallest + bounds.extra_side), label=axis))
-        kernel.append(k), stride.append(s), padding.append(p), dilation.append(d)
-    out = tuple((size[a] + 2 * padding[a] - dilation[a] * (kernel[a] - 1) - 1) // stride[a] + 1
-                for a in range(2))
+    kernel, stride, padding, dilation, size, out = draw(conv_geometries(bounds))
     n_taps = kernel[0] * kernel[1]
     x = draw(float64_arrays((n, channels) + tuple(size)), label="x")
     offset_shape = (n, 2 * offset_groups * n_taps) + out
@@ -395,17 +404,7 @@ def conv_cases(draw, bounds: ConvBounds = CONV_DEFAULT, bias: bool | None = None
     c_in = groups * draw(st.integers(1, bounds.channels_per_group), label="C_in / groups")
     c_out = groups * draw(st.integers(1, bounds.channels_per_group), label="C_out / groups")
     n = draw(st.integers(1, bounds.batch), label="N")
-    kernel, stride, padding, dilation, size = [], [], [], [], []
-    for axis in "hw":
-        k = draw(st.integers(1, bounds.kernel), label=f"k{axis}")
-        s = draw(st.integers(1, bounds.stride), label=f"s{axis}")
-        p = draw(st.integers(0, bounds.padding), label=f"p{axis}")
-        d = draw(st.integers(1, bounds.dilation), label=f"d{axis}")
-        smallest = _smallest_side(k, p, d)
-        size.append(draw(st.integers(smallest, smallest + bounds.extra_side), label=axis))
-        kernel.append(k), stride.append(s), padding.append(p), dilation.append(d)
-    out = tuple((size[a] + 2 * padding[a] - dilation[a] * (kernel[a] - 1) - 1) // stride[a] + 1
-                for a in range(2))
+    kernel, stride, padding, dilation, size, out = draw(conv_geometries(bounds))
     x = draw(float64_arrays((n, c_in) + tuple(size)), label="x")
     weight = draw(float64_arrays((c_out, c_in // groups) + tuple(kernel)), label="weight")
     has_bias = draw(st.booleans(), label="has bias") if bias is None else bias
