@@ -18,12 +18,12 @@ Names (n, c, i, j, ho, wo, r, q) and equation numbers follow ``loop.py`` and
   plane of the input gradient: the kh * kw column rows of that channel only ever land in that
   plane, so no two threads touch the same pixel, and each plane is summed in a fixed order --
   repeated runs are bit-identical.
-* **Dynamic scheduling.** The kernels hand out work in small chunks
-  (``numba.parallel_chunksize``) instead of one equal share per thread. BLAS leaves its worker
-  threads spinning for a while after each product, so on a machine with as many cores as
-  threads one numba thread may share its core with a spinning BLAS thread; with equal shares
-  the whole kernel then waits for that slow share, with small chunks the other threads take
-  over its work.
+* **What limits it.** The matrix products are most of the work (three of them for
+  forward+backward, 0.3 GFLOP each per image at the benchmark's size); im2col and col2im are
+  memory-bound copies. The BLAS library keeps its worker threads spinning for a while after
+  each product (about 0.1 s for OpenBLAS), and on a machine with no spare cores whatever runs
+  next -- our kernels, or another library's -- competes with them for the cores. On a 2-core
+  machine that makes the timings of code that alternates between thread pools slow and noisy.
 
 Precision: NumPy's BLAS multiplies and accumulates in the input dtype (float32 stays float32);
 copies are exact. In float64 the sums run in BLAS's order rather than ``loop.py``'s, so results
@@ -32,7 +32,6 @@ agree to rounding (1e-10 relative), not bit for bit.
 
 from __future__ import annotations
 
-import numba
 import numpy as np
 from numba import njit, prange
 
@@ -44,10 +43,6 @@ _JIT = {"parallel": True, "cache": True, "fastmath": False}
 # one image): enough to cover the benchmark's batch in one pass (fewer, larger matrix
 # products), small enough not to multiply a large batch's memory by kh * kw.
 _COLUMN_BYTES = 64 * 2**20
-# Work items per chunk handed to a thread: rows of columns (16 KiB each at the benchmark's
-# size) for im2col, (image, channel) planes for col2im.
-_IM2COL_CHUNK = 16
-_COL2IM_CHUNK = 2
 
 
 @njit(cache=True)
@@ -157,8 +152,7 @@ def forward(x: np.ndarray, weight: np.ndarray, bias, geom: ConvGeometry,
     y = np.empty((n_batch, groups, c_out // groups, out_h * out_w), dtype=x.dtype)
     for chunk in _image_chunks(n_batch, rows * out_h * out_w * x.itemsize):
         cols = np.empty((chunk.stop - chunk.start, rows, out_h * out_w), dtype=x.dtype)
-        with numba.parallel_chunksize(_IM2COL_CHUNK):
-            _im2col(x[chunk], cols, *args)
+        _im2col(x[chunk], cols, *args)
         # (n, C_in * K, L) -> (n, G, C_in/G * K, L): the rows of group g are a block
         cols = cols.reshape(cols.shape[0], groups, -1, out_h * out_w)
         # (G, C_out/G, C_in/G * K) @ (n, G, C_in/G * K, L) -> (n, G, C_out/G, L), in place
@@ -187,16 +181,14 @@ def backward(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, has_bias: bool,
     for chunk in _image_chunks(n_batch, rows * out_h * out_w * x.itemsize):
         # one buffer for the columns of x and then, reused, for their gradient
         cols = np.empty((chunk.stop - chunk.start, rows, out_h * out_w), dtype=x.dtype)
-        with numba.parallel_chunksize(_IM2COL_CHUNK):
-            _im2col(x[chunk], cols, *args)
+        _im2col(x[chunk], cols, *args)
         cols_groups = cols.reshape(cols.shape[0], groups, -1, out_h * out_w)  # a view
         # eq. (10), weight, transposed (the faster shape for BLAS here):
         # (n, G, C_in/G * K, L) @ (n, G, L, C_out/G) -> (n, G, C_in/G * K, C_out/G), summed
         grad_weight_t += np.matmul(cols_groups, gy_groups[chunk].transpose(0, 1, 3, 2)).sum(0)
         # eq. (10), columns: (G, C_in/G * K, C_out/G) @ (n, G, C_out/G, L), over the columns
         np.matmul(w_groups_t, gy_groups[chunk], out=cols_groups)
-        with numba.parallel_chunksize(_COL2IM_CHUNK):
-            _col2im(cols, grad_input[chunk], *args)
+        _col2im(cols, grad_input[chunk], *args)
     # (G, C_in/G * K, C_out/G) -> (G, C_out/G, C_in/G * K) -> (C_out, C_in/G, kh, kw)
     grad_weight = grad_weight_t.transpose(0, 2, 1).reshape(weight.shape)
     grad_bias = gy.sum(axis=(0, 2, 3)) if has_bias else None  # eq. (6)
