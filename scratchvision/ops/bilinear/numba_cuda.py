@@ -29,8 +29,9 @@ What changes relative to ``loop.py``, and why:
 
 Precision: float64 inputs are computed in float64, float32 inputs entirely in float32
 (weights, products and sums; only the exact range test ``x < W`` compares in float64); the
-resize tables are cast to the data type, as ``loop.py``'s float32 arithmetic does. Results agree with ``loop.py`` to rounding: the
-point-gradient and gather sums add the same terms in a different order.
+resize tables are cast to the data type, as ``loop.py``'s float32 arithmetic does. Results
+agree with ``loop.py`` to rounding: the point-gradient and gather sums add the same terms in a
+different order.
 
 The kernels are compiled lazily, on their first launch for a given argument type, and cached
 by numba for the life of the process. With ``NUMBA_ENABLE_CUDASIM=1`` (set before numba is

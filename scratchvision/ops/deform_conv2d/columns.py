@@ -32,8 +32,8 @@ last chunk may be shorter (no divisor rule).
 
 :class:`ColumnTier` holds these steps. A tier module is one instance, built on its bilinear
 tier; the numba tier subclasses it to replace the two mask steps by numba kernels (and to run
-them on one thread, see its module docstring). The GEMMs are ``np.matmul`` (BLAS) in both. Arithmetic runs in
-the input dtype (BLAS accumulates float32 products in float32).
+them on one thread, see its module docstring). The GEMMs are ``np.matmul`` (BLAS) in both.
+Arithmetic runs in the input dtype (BLAS accumulates float32 products in float32).
 """
 
 from __future__ import annotations
