@@ -49,10 +49,12 @@ def common_float(*named_arrays: tuple[str, np.ndarray]) -> tuple[np.ndarray, ...
 
     ``common_float(("image", image), ("points", points))`` returns the arrays in order. An
     array that already has the dtype and layout is returned as is (no copy); kernels only read
-    their inputs, so sharing memory is safe.
+    their inputs, so sharing memory is safe. An absent optional input (``None``, e.g.
+    ``bias=None``) stays ``None`` and does not take part in the dtype.
     """
-    dtype = np.result_type(*(arr for _, arr in named_arrays))
-    return tuple(np.ascontiguousarray(arr, dtype=dtype) for _, arr in named_arrays)
+    dtype = np.result_type(*(arr for _, arr in named_arrays if arr is not None))
+    return tuple(None if arr is None else np.ascontiguousarray(arr, dtype=dtype)
+                 for _, arr in named_arrays)
 
 
 def last_dim(arr: np.ndarray, name: str, size: int, meaning: str) -> None:

@@ -57,13 +57,6 @@ def _conv_args(x, weight, bias, stride, padding, dilation, groups):
     return x, weight, bias, geom, groups
 
 
-def _common_dtype(**named) -> tuple:
-    """Cast the non-None arrays to their common float dtype, C-contiguous; None stays None."""
-    present = [(name, arr) for name, arr in named.items() if arr is not None]
-    cast = dict(zip((name for name, _ in present), _checks.common_float(*present)))
-    return tuple(cast.get(name) for name in named)
-
-
 def _output_shape(x: np.ndarray, weight: np.ndarray, geom: ConvGeometry) -> tuple:
     return (x.shape[0], weight.shape[0]) + tuple(geom.out)
 
@@ -93,7 +86,7 @@ def forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups: int =
     x, weight, bias, geom, groups = _conv_args(x, weight, bias, stride, padding, dilation,
                                                groups)
     tier = _tiers.get(backend)
-    x, weight, bias = _common_dtype(x=x, weight=weight, bias=bias)
+    x, weight, bias = _checks.common_float(("x", x), ("weight", weight), ("bias", bias))
     if x.size == 0 or weight.size == 0:  # empty batch or no channels: only the bias is left
         y = np.zeros(_output_shape(x, weight, geom), dtype=x.dtype)
         if bias is not None:
@@ -121,7 +114,8 @@ def backward(gy, x, weight, bias=None, stride=1, padding=0, dilation=1, groups: 
     gy = _checks.float_array(gy, "gy", ndim=4)
     _checks.shape_equals(gy, "gy", _output_shape(x, weight, geom), "the shape of forward's output")
     tier = _tiers.get(backend)
-    gy, x, weight, bias = _common_dtype(gy=gy, x=x, weight=weight, bias=bias)
+    gy, x, weight, bias = _checks.common_float(("gy", gy), ("x", x), ("weight", weight),
+                                               ("bias", bias))
     has_bias = bias is not None
     if x.size == 0 or weight.size == 0:  # nothing is multiplied: only the bias sees gy
         grad_bias = gy.sum(axis=(0, 2, 3)) if has_bias else None

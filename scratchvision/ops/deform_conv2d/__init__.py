@@ -132,13 +132,10 @@ def _validate(x, offset, weight, bias, stride, padding, dilation, mask, extra=()
         _checks.shape_equals(mask, "mask", (n_batch, offset_groups * n_taps) + geom.out,
                              f"(N, offset groups * kh * kw, Ho, Wo) with {offset_groups} "
                              f"offset groups")
-    named = [("x", x), ("offset", offset), ("weight", weight)]
-    named += [(name, arr) for name, arr in (("bias", bias), ("mask", mask)) if arr is not None]
-    named += list(extra)
-    arrays = dict(zip([name for name, _ in named], _checks.common_float(*named)))
-    args = _Args(arrays["x"], arrays["offset"], arrays["weight"], arrays.get("bias"),
-                 arrays.get("mask"), geom, offset_groups, weight_groups)
-    return args, [arrays[name] for name, _ in extra]
+    x, offset, weight, bias, mask, *extra = _checks.common_float(
+        ("x", x), ("offset", offset), ("weight", weight), ("bias", bias), ("mask", mask),
+        *extra)
+    return _Args(x, offset, weight, bias, mask, geom, offset_groups, weight_groups), extra
 
 
 def forward(x, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None,
