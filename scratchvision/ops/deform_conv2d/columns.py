@@ -57,6 +57,32 @@ def grid_positions(geom: ConvGeometry, dtype) -> tuple[np.ndarray, np.ndarray]:
     return rows.astype(dtype), cols.astype(dtype)
 
 
+def sampling_points(offset: np.ndarray, geom: ConvGeometry) -> np.ndarray:
+    """eq. (1) for every point: offset (N, 2 * G * K, Ho, Wo) -> points
+    (N * G, K * Ho * Wo, 2) as (x, y), ordered (g, k, ho, wo) within batch element n."""
+    n_batch, offset_channels, out_h, out_w = offset.shape
+    n_taps = geom.kernel[0] * geom.kernel[1]
+    groups = offset_channels // (2 * n_taps)
+    rows, cols = grid_positions(geom, offset.dtype)
+    # (N, 2 * G * K, Ho, Wo) -> (N, G, K, 2, Ho, Wo): [..., 0, :, :] is dy, [..., 1, :, :] dx
+    dy_dx = offset.reshape(n_batch, groups, n_taps, 2, out_h, out_w)
+    points = np.empty((n_batch, groups, n_taps, out_h, out_w, 2), dtype=offset.dtype)
+    points[..., 0] = cols + dy_dx[:, :, :, 1]  # x = grid column + dx
+    points[..., 1] = rows + dy_dx[:, :, :, 0]  # y = grid row + dy
+    # (N, G, K, Ho, Wo, 2) -> (N * G, K * Ho * Wo, 2)
+    return points.reshape(n_batch * groups, n_taps * out_h * out_w, 2)
+
+
+def offset_gradient(grad_points: np.ndarray, offset_shape) -> np.ndarray:
+    """eq. (10): grad_points (N * G, K * P, 2) as (x, y) -> grad_offset
+    (N, 2 * G * K, Ho, Wo) in the (dy, dx) layout."""
+    n_batch, offset_channels, out_h, out_w = offset_shape
+    # (N * G, K * P, 2) -> (N, G * K, P, 2) -> (N, G * K, 2, P), then swap x and y
+    per_tap = grad_points.reshape(n_batch, offset_channels // 2, out_h * out_w, 2)
+    dy_dx = per_tap.transpose(0, 1, 3, 2)[:, :, ::-1]
+    return np.ascontiguousarray(dy_dx).reshape(offset_shape)
+
+
 # The columns of one batch chunk stay under this many bytes (the backward holds them and their
 # gradient): a large batch is processed a few elements at a time, however many there are.
 COLUMN_BYTES = 256 * 2**20
@@ -84,21 +110,6 @@ class ColumnTier:
 
     # ------------------------------------------------------------------ elementwise steps
 
-    def sampling_points(self, offset: np.ndarray, geom: ConvGeometry) -> np.ndarray:
-        """eq. (1) for every point: offset (N, 2 * G * K, Ho, Wo) -> points
-        (N * G, K * Ho * Wo, 2) as (x, y), ordered (g, k, ho, wo) within batch element n."""
-        n_batch, offset_channels, out_h, out_w = offset.shape
-        n_taps = geom.kernel[0] * geom.kernel[1]
-        groups = offset_channels // (2 * n_taps)
-        rows, cols = grid_positions(geom, offset.dtype)
-        # (N, 2 * G * K, Ho, Wo) -> (N, G, K, 2, Ho, Wo): [..., 0, :, :] is dy, [..., 1, :, :] dx
-        dy_dx = offset.reshape(n_batch, groups, n_taps, 2, out_h, out_w)
-        points = np.empty((n_batch, groups, n_taps, out_h, out_w, 2), dtype=offset.dtype)
-        points[..., 0] = cols + dy_dx[:, :, :, 1]  # x = grid column + dx
-        points[..., 1] = rows + dy_dx[:, :, :, 0]  # y = grid row + dy
-        # (N, G, K, Ho, Wo, 2) -> (N * G, K * Ho * Wo, 2)
-        return points.reshape(n_batch * groups, n_taps * out_h * out_w, 2)
-
     def modulate(self, columns: np.ndarray, mask) -> np.ndarray:
         """eq. (2)-(4): columns (N, G, C / G, K, P) times the mask (N, G * K, Ho, Wo), in place
         (the caller owns ``columns``); unchanged for DCNv1."""
@@ -123,22 +134,13 @@ class ColumnTier:
         gamma *= mask_b  # eq. (7)
         return grad_mask.reshape(mask.shape)
 
-    def offset_gradient(self, grad_points: np.ndarray, offset_shape) -> np.ndarray:
-        """eq. (10): grad_points (N * G, K * P, 2) as (x, y) -> grad_offset
-        (N, 2 * G * K, Ho, Wo) in the (dy, dx) layout."""
-        n_batch, offset_channels, out_h, out_w = offset_shape
-        # (N * G, K * P, 2) -> (N, G * K, P, 2) -> (N, G * K, 2, P), then swap x and y
-        per_tap = grad_points.reshape(n_batch, offset_channels // 2, out_h * out_w, 2)
-        dy_dx = per_tap.transpose(0, 1, 3, 2)[:, :, ::-1]
-        return np.ascontiguousarray(dy_dx).reshape(offset_shape)
-
     # ------------------------------------------------------------------ the two passes
 
     def _columns(self, x, offset, geom, offset_groups):
         """eqs. (1), (3): points (N * G, K * P, 2) and columns (N, G, C / G, K, P)."""
         n_batch, channels, height, width = x.shape
         n_taps = geom.kernel[0] * geom.kernel[1]
-        points = self.sampling_points(offset, geom)
+        points = sampling_points(offset, geom)
         # (N, C, H, W) -> (N * G, C / G, H, W): one bilinear "image" per offset group
         images = x.reshape(n_batch * offset_groups, channels // offset_groups, height, width)
         columns = self.bilinear.sample(images, points)  # (N * G, C / G, K * P)
@@ -218,5 +220,5 @@ class ColumnTier:
         grad_weight = np.zeros_like(matrix)
         for n in range(n_batch):
             grad_weight += np.matmul(gy_groups[n], modulated[n].transpose(0, 2, 1))
-        return (grad_images.reshape(x.shape), self.offset_gradient(grad_points, offset.shape),
+        return (grad_images.reshape(x.shape), offset_gradient(grad_points, offset.shape),
                 grad_weight.reshape(weight.shape), grad_mask)

@@ -21,7 +21,7 @@ What changes relative to ``loop.py``, and why:
   per pixel; no atomics, so repeated runs are bit-identical) and the offset gradient as its
   per-point gather of ``dL/d(x, y)`` (the offset enters the point with slope 1).
 * **Sampling points on the host.** The points (eq. 1) are the regular grid
-  (``columns.grid_positions``, shared with the numpy and numba tiers) plus the offsets,
+  (``columns.sampling_points``, shared with the numpy and numba tiers) plus the offsets,
   computed with numpy in the data type (the grid is exact); the host needs them anyway to bin
   them for the gather.
 
@@ -43,7 +43,7 @@ from numba import cuda
 from ..bilinear.numba_cuda import sample_backward_on_device, sample_on_device
 from ..conv_geometry import ConvGeometry
 from ..cuda_common import conv_from_columns, grad_columns, grad_weight_and_bias, launch
-from .columns import grid_positions
+from .columns import offset_gradient, sampling_points
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -94,25 +94,6 @@ _KERNELS = {np.dtype(t): _build_kernels(t) for t in (np.float32, np.float64)}
 
 # ----------------------------------------------------------------------------- host side
 
-def _sampling_points(offset: np.ndarray, geom: ConvGeometry, offset_groups: int) -> np.ndarray:
-    """points (N*G, K*L, 2) as pixel ``(x, y)``, by eq. (1): point ``k * L + l`` of bilinear
-    image ``n * G + g`` is where tap ``k`` of offset group ``g`` samples for output pixel
-    ``l = ho*Wo + wo``, in the dtype of ``offset`` (N, 2*G*K, Ho, Wo)."""
-    n_batch = offset.shape[0]
-    out_h, out_w = geom.out
-    n_taps = geom.kernel[0] * geom.kernel[1]
-    # the regular grid p0 + p_k, exact integers in the data type, so that adding the offset
-    # rounds once: rows (K, Ho, 1), columns (K, 1, Wo)
-    rows, cols = grid_positions(geom, offset.dtype)
-    # (N, 2*G*K, Ho, Wo) -> (N*G, K, 2, Ho, Wo): [:, :, 0] is dy, [:, :, 1] is dx
-    dy_dx = offset.reshape(n_batch * offset_groups, n_taps, 2, out_h, out_w)
-    points = np.empty((n_batch * offset_groups, n_taps, out_h, out_w, 2), dtype=offset.dtype)
-    points[..., 0] = cols + dy_dx[:, :, 1]  # eq. (1): x = wo*sw - pw + j*dw + dx
-    points[..., 1] = rows + dy_dx[:, :, 0]  # y = ho*sh - ph + i*dh + dy
-    # (N*G, K, Ho, Wo, 2) -> (N*G, K*L, 2)
-    return points.reshape(n_batch * offset_groups, n_taps * out_h * out_w, 2)
-
-
 def _grouped_images(x: np.ndarray, offset_groups: int):
     """x (N, C, H, W) on the device as (N*G, C/G, H, W): one bilinear image per offset group
     (the channels of a group are contiguous, so this is a view)."""
@@ -128,7 +109,7 @@ def forward(x: np.ndarray, offset: np.ndarray, weight: np.ndarray, bias, mask,
     n_batch, channels = x.shape[:2]
     out_h, out_w = geom.out
     n_taps, pixels = geom.kernel[0] * geom.kernel[1], out_h * out_w
-    points = _sampling_points(offset, geom, offset_groups)
+    points = sampling_points(offset, geom)
     # eq. (3) at every point: (N*G, C/G, K*L)
     columns = sample_on_device(_grouped_images(x, offset_groups), cuda.to_device(points))
     if mask is not None:
@@ -154,7 +135,7 @@ def backward(gy: np.ndarray, x: np.ndarray, offset: np.ndarray, weight: np.ndarr
     out_h, out_w = geom.out
     n_taps, pixels = geom.kernel[0] * geom.kernel[1], out_h * out_w
     images, group_channels = n_batch * offset_groups, channels // offset_groups
-    points = _sampling_points(offset, geom, offset_groups)
+    points = sampling_points(offset, geom)
     d_points = cuda.to_device(points)
     d_images = _grouped_images(x, offset_groups)
     columns = sample_on_device(d_images, d_points)  # X by eq. (3): (N*G, C/G, K*L)
@@ -180,8 +161,7 @@ def backward(gy: np.ndarray, x: np.ndarray, offset: np.ndarray, weight: np.ndarr
     grad_images, grad_points = sample_backward_on_device(d_grad_columns, d_images, d_points,
                                                          points)
     # (N*G, K*L, 2) as (x, y) -> (N*G, K, L, 2) -> (dy, dx) -> (N*G, K, 2, L) -> offset's layout
-    grad_offset = grad_points.copy_to_host().reshape(images, n_taps, pixels, 2)[..., ::-1]
-    grad_offset = np.ascontiguousarray(grad_offset.transpose(0, 1, 3, 2)).reshape(offset.shape)
+    grad_offset = offset_gradient(grad_points.copy_to_host(), offset.shape)  # eq. (10)
     return (grad_images.copy_to_host().reshape(x.shape),  # (N*G, C/G, H, W) -> (N, C, H, W)
             grad_offset, grad_weight.copy_to_host(),
             None if grad_bias is None else grad_bias.copy_to_host(), grad_mask)
