@@ -57,6 +57,21 @@ def common_float(*named_arrays: tuple[str, np.ndarray]) -> tuple[np.ndarray, ...
                  for _, arr in named_arrays)
 
 
+def index_array(value, name: str, *, ndim: int) -> np.ndarray:
+    """Validate ``value`` as an integer array (sizes, start indices) and return it as int64.
+
+    Raises ``TypeError`` for float, bool or complex data: a size of 12.5 pixels is a bug, and a
+    float that happens to be whole hides where it came from. Raises ``ValueError`` for the wrong
+    number of dimensions.
+    """
+    arr = np.asarray(value)
+    if arr.dtype.kind not in "iu":
+        raise TypeError(f"{name} must be an integer array, got dtype {arr.dtype}")
+    if arr.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {arr.shape}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
 def last_dim(arr: np.ndarray, name: str, size: int, meaning: str) -> None:
     """Require ``arr.shape[-1] == size``; ``meaning`` says what the entries are, e.g. "(x, y)"."""
     if arr.shape[-1] != size:
