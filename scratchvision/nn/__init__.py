@@ -3,7 +3,8 @@
 * :class:`Parameter`, :class:`Module`, :class:`Sequential` -- the machinery
   (:mod:`scratchvision.nn.module` explains the forward / backward / accumulate contract);
 * :class:`Linear`, :class:`ReLU`;
-* :class:`Conv2d`, :class:`DeformConv2d` (DCNv1 and DCNv2, with their own offset predictor).
+* :class:`Conv2d`, :class:`DeformConv2d` (DCNv1 and DCNv2, with their own offset predictor);
+* :class:`LayerNorm`, dense :class:`MultiheadAttention` and the :func:`softmax` it uses.
 
 Train them with :mod:`scratchvision.optim`. Parameter names and shapes are torch's, so
 ``layer.load_state_dict({k: v.numpy() for k, v in torch_layer.state_dict().items()})`` gives
@@ -11,8 +12,11 @@ the same function as the torch layer.
 """
 
 from .activation import ReLU
+from .attention import MultiheadAttention, softmax, softmax_backward
 from .conv import Conv2d, DeformConv2d
 from .linear import Linear
 from .module import Module, Parameter, Sequential
+from .norm import LayerNorm
 
-__all__ = ["Parameter", "Module", "Sequential", "Linear", "ReLU", "Conv2d", "DeformConv2d"]
+__all__ = ["Parameter", "Module", "Sequential", "Linear", "ReLU", "Conv2d", "DeformConv2d",
+           "LayerNorm", "MultiheadAttention", "softmax", "softmax_backward"]

@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import _checks
 
-__all__ = ["as_generator", "float_dtype", "torch_uniform"]
+__all__ = ["as_generator", "float_dtype", "torch_uniform", "xavier_uniform"]
 
 
 def as_generator(rng) -> np.random.Generator:
@@ -57,4 +57,13 @@ def torch_uniform(shape: tuple[int, ...], fan_in: int, rng: np.random.Generator,
     for a weight (kaiming_uniform with a = sqrt(5)) and for a bias alike (see the module
     docstring). ``fan_in = 0`` (no inputs) gives zeros, as torch does for a bias."""
     bound = 1.0 / math.sqrt(fan_in) if fan_in > 0 else 0.0
+    return rng.uniform(-bound, bound, size=shape).astype(dtype)
+
+
+def xavier_uniform(shape: tuple[int, int], rng: np.random.Generator, dtype) -> np.ndarray:
+    """A (fan_out, fan_in) matrix from ``U(-b, b)``, ``b = sqrt(6 / (fan_in + fan_out))``:
+    torch's ``xavier_uniform_`` (gain 1), which keeps the variance of activations and of
+    gradients alike through the layer (used by attention's projections)."""
+    fan_out, fan_in = shape
+    bound = math.sqrt(6.0 / (fan_in + fan_out))
     return rng.uniform(-bound, bound, size=shape).astype(dtype)
