@@ -417,3 +417,159 @@ def conv_cases(draw, bounds: ConvBounds = CONV_DEFAULT, bias: bool | None = None
         event("stride or dilation > 1")
     return ConvCase(x, weight, bias_array, gy, tuple(stride), tuple(padding), tuple(dilation),
                     groups)
+
+
+# ------------------------------------------------------------------ multi-scale deformable attn
+
+#: A pixel coordinate ``u W - 0.5`` is a kink of the bilinear interpolant when it is an integer.
+#: Smooth MSDA locations keep its fractional part this far from 0 and 1 (as the check cases do),
+#: far more than the finite-difference step and the rounding of ``u = (x + 0.5) / W``.
+MSDA_KINK_MARGIN = 1e-2
+#: locations on this grid are exact in float32 and float64, and so are ``u W - 0.5`` for every
+#: W drawn here: every tier lands on exactly the same kinks
+MSDA_GRID = 1 / 32
+#: non-finite and far-away normalised coordinates, all exact in float32 as well
+MSDA_FAR = (float("nan"), float("inf"), float("-inf"), 1e30, -1e30, 5.0, -3.0)
+
+
+@dataclass(frozen=True)
+class MSDABounds:
+    """Upper bounds for :func:`ms_deform_attn_cases`; lower bounds are 1. ``side`` bounds
+    every level's H and W."""
+
+    batch: int = 2
+    queries: int = 7
+    heads: int = 3
+    head_dim: int = 3
+    levels: int = 3
+    points: int = 3
+    side: int = 5
+
+
+MSDA_DEFAULT = MSDABounds()
+#: for the loop tier's full Jacobians: a few hundred input elements at most
+MSDA_GRAD = MSDABounds(batch=2, queries=3, heads=2, head_dim=2, levels=3, points=2, side=3)
+#: small enough for the CUDA simulator
+MSDA_TINY = MSDABounds(batch=2, queries=3, heads=2, head_dim=2, levels=2, points=2, side=3)
+
+
+@dataclass(frozen=True)
+class MSDACase:
+    """One ``ms_deform_attn`` case: ``value`` (N, S, M, D), ``spatial_shapes`` (L, 2) int64
+    as (H, W), ``level_start_index`` (L,) int64, ``sampling_locations`` (N, Lq, M, L, P, 2)
+    normalised (x, y), ``attention_weights`` (N, Lq, M, L, P) and ``gy`` (N, Lq, M * D) an
+    upstream gradient; float64 unless cast with :meth:`astype`."""
+
+    value: np.ndarray
+    spatial_shapes: np.ndarray
+    level_start_index: np.ndarray
+    sampling_locations: np.ndarray
+    attention_weights: np.ndarray
+    gy: np.ndarray
+
+    @property
+    def args(self) -> tuple:
+        """The arguments of ``forward`` (and of ``backward`` after ``gy``), in order."""
+        return (self.value, self.spatial_shapes, self.level_start_index,
+                self.sampling_locations, self.attention_weights)
+
+    @property
+    def arrays(self) -> dict:
+        """The three differentiable inputs, by name, in ``forward``'s order."""
+        return dict(value=self.value, sampling_locations=self.sampling_locations,
+                    attention_weights=self.attention_weights)
+
+    def astype(self, dtype) -> MSDACase:
+        """The same case with the float arrays cast to ``dtype`` (far-away coordinates that
+        overflow float32 become inf, which is just as far away)."""
+        with np.errstate(over="ignore"):
+            return MSDACase(self.value.astype(dtype), self.spatial_shapes,
+                            self.level_start_index, self.sampling_locations.astype(dtype),
+                            self.attention_weights.astype(dtype), self.gy.astype(dtype))
+
+
+@st.composite
+def level_shapes(draw, bounds: MSDABounds = MSDA_DEFAULT) -> np.ndarray:
+    """(L, 2) int64 level sizes (H_l, W_l), L in 1 .. bounds.levels, sides in 1 .. bounds.side
+    (so levels one pixel high or wide are common)."""
+    n_levels = draw(st.integers(1, bounds.levels), label="L")
+    sides = [(draw(st.integers(1, bounds.side), label=f"H_{level}"),
+              draw(st.integers(1, bounds.side), label=f"W_{level}"))
+             for level in range(n_levels)]
+    event("L = 1 (single-scale)" if n_levels == 1 else f"L = {n_levels}")
+    if any(1 in side for side in sides):
+        event("a level of height or width 1")
+    return np.array(sides, dtype=np.int64)
+
+
+@st.composite
+def smooth_locations(draw, shape: tuple, spatial_shapes: np.ndarray,
+                     margin: float = MSDA_KINK_MARGIN) -> np.ndarray:
+    """Normalised locations (N, Lq, M, L, P, 2) for ``shape`` = (N, Lq, M, L, P) whose pixel
+    coordinates (eq. 2) are ``margin`` away from every integer: drawn in pixel space as a cell
+    in -2 .. size plus a fraction in [margin, 1 - margin] (so some points lie outside [0, 1],
+    straddling a border or wholly outside), then mapped back by ``u = (x + 0.5) / W``."""
+    per_level = shape[:3] + shape[4:]  # (N, Lq, M, P)
+    locations = np.empty(tuple(shape) + (2,))
+    for level, sizes in enumerate(spatial_shapes.tolist()):
+        height, width = sizes
+        for axis, size in ((0, width), (1, height)):  # x along the width, y along the height
+            cells = draw(hnp.arrays(np.int64, per_level, elements=st.integers(-2, size)),
+                         label=f"level {level} {'xy'[axis]} cells")
+            fractions = draw(hnp.arrays(np.float64, per_level,
+                                        elements=st.floats(margin, 1.0 - margin)),
+                             label=f"level {level} {'xy'[axis]} fractions")
+            locations[:, :, :, level, :, axis] = (cells + fractions + 0.5) / size
+    return locations
+
+
+@st.composite
+def any_locations(draw, shape: tuple, spatial_shapes: np.ndarray) -> np.ndarray:
+    """Normalised locations the tiers must agree on although no derivative is estimated
+    there: smooth ones, or ones on a 1/32 grid over [-0.75, 1.75] (whose pixel coordinates
+    ``u W - 0.5`` are exact, and often integers: kinks and borders), with some coordinates
+    replaced by non-finite or far-away values."""
+    if draw(st.booleans(), label="locations on the 1/32 grid"):
+        steps = draw(hnp.arrays(np.int64, tuple(shape) + (2,), elements=st.integers(-24, 56)),
+                     label="grid steps")
+        locations = steps * MSDA_GRID
+        pixels = locations * spatial_shapes[None, None, None, :, None, ::-1] - 0.5  # eq. (2)
+        if (pixels == np.floor(pixels)).any():
+            event("some pixel coordinates are integers (kinks)")
+    else:
+        locations = draw(smooth_locations(shape, spatial_shapes), label="smooth locations")
+    flat = locations.reshape(-1).copy()
+    n_far = draw(st.integers(0, min(4, flat.size)), label="far or non-finite coordinates")
+    where = draw(st.lists(st.integers(0, flat.size - 1), min_size=n_far, max_size=n_far,
+                          unique=True), label="their positions")
+    flat[where] = draw(st.lists(st.sampled_from(MSDA_FAR), min_size=n_far, max_size=n_far),
+                       label="their values")
+    locations = flat.reshape(locations.shape)
+    if not np.isfinite(locations).all():
+        event("some locations are non-finite")
+    return locations
+
+
+@st.composite
+def ms_deform_attn_cases(draw, bounds: MSDABounds = MSDA_DEFAULT,
+                         smooth: bool = True) -> MSDACase:
+    """A drawn multi-scale deformable attention: level shapes (L = 1 and levels of height or
+    width 1 included), N, Lq, M, D, P, value, locations (off the kinks when ``smooth``, else
+    seeking kinks, non-finite and far-away values), attention weights (not normalised: the op
+    uses them as given) and an upstream gradient."""
+    spatial_shapes = draw(level_shapes(bounds), label="spatial_shapes")
+    sizes = spatial_shapes[:, 0] * spatial_shapes[:, 1]  # (L,) H_l * W_l
+    level_start_index = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    n = draw(st.integers(1, bounds.batch), label="N")
+    n_queries = draw(st.integers(1, bounds.queries), label="Lq")
+    m = draw(st.integers(1, bounds.heads), label="M")
+    d = draw(st.integers(1, bounds.head_dim), label="D")
+    p = draw(st.integers(1, bounds.points), label="P")
+    shape = (n, n_queries, m, len(spatial_shapes), p)
+    value = draw(float64_arrays((n, int(sizes.sum()), m, d)), label="value")
+    locations = draw((smooth_locations if smooth else any_locations)(shape, spatial_shapes),
+                     label="sampling_locations")
+    weights = draw(float64_arrays(shape), label="attention_weights")
+    gy = draw(float64_arrays((n, n_queries, m * d)), label="gy")
+    event(f"{m} head(s), {p} point(s)")
+    return MSDACase(value, spatial_shapes, level_start_index, locations, weights, gy)

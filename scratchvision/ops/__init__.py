@@ -4,8 +4,8 @@
 has ``check_cases.CHECK_CASES`` and ``bench_cases.BENCH_CASES``.
 """
 
-from . import bilinear, conv2d, deform_conv2d
+from . import bilinear, conv2d, deform_conv2d, ms_deform_attn
 
-OPERATORS = ("bilinear", "conv2d", "deform_conv2d")
+OPERATORS = ("bilinear", "conv2d", "deform_conv2d", "ms_deform_attn")
 
-__all__ = ["bilinear", "conv2d", "deform_conv2d", "OPERATORS"]
+__all__ = ["bilinear", "conv2d", "deform_conv2d", "ms_deform_attn", "OPERATORS"]

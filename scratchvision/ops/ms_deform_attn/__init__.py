@@ -163,8 +163,7 @@ def backward(gy, value, spatial_shapes, level_start_index, sampling_locations,
 
     Args:
         gy: (N, Lq, M * D) upstream gradient, the shape of ``forward``'s output.
-        value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-            backend: as for :func:`forward`.
+        value: (N, S, M, D) as for :func:`forward`; so are the other arguments.
 
     Returns:
         ``MSDeformAttnGrads(grad_value, grad_sampling_locations, grad_attention_weights)``.

@@ -1,0 +1,334 @@
+"""CUDA tier of multi-scale deformable attention: ``numba.cuda`` kernels and their host wrappers.
+
+Each function copies its numpy inputs to the device, launches one kernel and copies the results
+back, so it takes and returns numpy arrays like the other tiers. Names mirror ``loop.py``
+(value, attn, level, u, v, x, y, x0, y0, ax, ay, w) and equation numbers refer to
+``docs/derivations/ms_deform_attn.md``; the launch constants come from
+:mod:`scratchvision.ops.cuda_common`. Shapes as in :mod:`scratchvision.ops.ms_deform_attn`.
+
+What changes relative to ``loop.py``, and why:
+
+* **One block per query, taps staged once.** A block takes one query ``(n, q)`` at a time
+  (blocks stride over the ``N * Lq`` queries, so any batch and query count fits any grid: no
+  divisibility rule). Its threads first *stage* the query's sampled points in shared memory,
+  one thread per point ``j = (m * L + level) * P + p``: the point's location is read once,
+  mapped to pixels (eq. 2), and turned into its four taps (the bilinear page's eqs. 1-3) --
+  the row ``s`` of ``value`` each tap reads (-1 when the tap lies outside the level) and its
+  weight ``w`` -- next to ``attn`` and the offsets ``ax, ay``. After one ``syncthreads`` every
+  thread works from there; no location or weight is read again per channel. Queries with more
+  than ``CHUNK`` points are staged ``CHUNK`` points at a time.
+* **Channel threads for what is per channel, point threads for what is per point.** The
+  forward sum (eq. 3) and the value gradient (eq. 5) run one thread per output channel
+  ``c = m * D + d``: the thread walks its head's staged points, and neighbouring threads read
+  (and write) neighbouring ``d`` of the same ``value`` row, which the GPU merges into one
+  memory transaction. The attention and location gradients (eqs. 4, 6, 7) are sums over the
+  channels of one point: one thread per staged point adds them up in registers over ``d``, so
+  no sum ever crosses threads -- no warp shuffles, no shared-memory reductions, nothing the
+  simulator cannot run: the simulator tests exactly the code the GPU runs.
+* **The value gradient is a scatter, done with atomics.** Many (query, point) pairs read the
+  same tap (eq. 5), so the channel threads of different blocks add into the same
+  ``grad_value`` entries, with ``cuda.atomic.add`` (hardware float32 and float64 atomics).
+  The sum is exact up to rounding, but the *order* of the additions depends on thread timing:
+  on a GPU ``grad_value`` may differ in the last bits from run to run. (DESIGN.md asks
+  bit-identical runs of the numba CPU tier, which gets them from per-thread buffers; here a
+  race-free gather would need the points sorted by tap first, which costs more than the whole
+  kernel.) ``out``, ``grad_sampling_locations`` and ``grad_attention_weights`` are written by
+  one thread each, in a fixed order: those are bit-reproducible.
+* **The pixel coordinate in float64.** Eq. (2), ``x = u * W_l - 0.5``, and the ``floor`` that
+  picks the cell are computed in float64 whatever the data type, as ``loop.py`` does; only the
+  offsets ``ax, ay`` are then rounded to the data type. For float32 locations ``u * W_l`` is
+  exact in float64, so every tier puts a point in the same cell -- the same one-sided
+  derivative at a kink -- where a float32 product could round a point on a pixel centre to
+  the other side of it. It costs three float64 operations per point, not per channel.
+* **Typed constants.** numba types a bare ``0.0`` as float64 and would promote float32
+  arithmetic that touches it, so the kernels are built once per float type
+  (:func:`_build_kernels`) with ``zero``/``one`` and shared arrays of that type.
+
+Precision: float64 inputs are computed in float64; float32 inputs are computed and accumulated
+in float32 (weights, products and sums), apart from eq. (2) as said above. Results agree with
+``loop.py`` to rounding; ``grad_value`` adds its terms in a different order.
+
+The kernels are compiled lazily, on their first launch for a given argument type. With
+``NUMBA_ENABLE_CUDASIM=1`` (set before numba is imported) the same code runs in numba's CUDA
+simulator, one Python thread per CUDA thread: correct but slow, so use it on tiny shapes only.
+"""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import numpy as np
+from numba import config as numba_config
+from numba import cuda
+from numba.cuda import libdevice
+
+from ..cuda_common import MAX_BLOCKS, THREADS_PER_BLOCK
+
+# Sampled points staged in shared memory at a time. Deformable DETR's heads, levels and points
+# (M * L * P = 8 * 4 * 4) fit in one chunk on a GPU; the simulator stages a few points at a
+# time, so that tiny tests also take the multi-chunk path. (Shared arrays need compile-time
+# shapes: a module global.)
+CHUNK = 8 if numba_config.ENABLE_CUDASIM else 128
+#: the four bilinear taps of a point, in loop.py's order: tap ``t = 2 * ty + tx`` is pixel
+#: ``(y0 + ty, x0 + tx)``
+TAPS = 4
+
+# The GPU compiler fuses ``a * b - c`` into one fused multiply-add, rounded once instead of
+# twice. For eq. (2) that would move ``u * W - 0.5`` off loop.py's value by an ulp, and a point
+# built to sit on a pixel centre could land just left of it (the other one-sided derivative).
+# ``dmul_rn`` is a float64 product that is never fused. The simulator does not implement
+# libdevice, and Python never fuses, so there the plain product is the same thing.
+if numba_config.ENABLE_CUDASIM:
+    def _unfused_product(a, b):
+        return a * b
+else:
+    _unfused_product = libdevice.dmul_rn
+
+
+# ----------------------------------------------------------------------------- kernels
+
+def _build_kernels(float_type) -> SimpleNamespace:
+    """Compile-on-first-use kernels whose arithmetic stays in ``float_type``."""
+    zero = float_type(0.0)
+    one = float_type(1.0)
+
+    @cuda.jit(device=True)
+    def point_of(j, n_levels, n_points):
+        """The ``(m, level, p)`` of flat point index ``j = (m * L + level) * P + p``."""
+        m = j // (n_levels * n_points)
+        rest = j - m * n_levels * n_points
+        level = rest // n_points
+        return m, level, rest - level * n_points
+
+    @cuda.jit(device=True)
+    def stage_points(n, q, j0, count, spatial_shapes, level_start_index, sampling_locations,
+                     attention_weights, tap_row, tap_w, attn_s, ax_s, ay_s):
+        """Stage points ``j0 .. j0 + count - 1`` of query ``(n, q)``, one thread per point.
+
+        Fills entry ``k = j - j0`` of the shared arrays: ``tap_row[k, t]`` the row ``s`` of
+        ``value`` that tap ``t`` reads, or -1 outside the level; ``tap_w[k, t]`` its weight;
+        ``attn_s[k]`` the attention weight; ``ax_s[k], ay_s[k]`` the offsets in the cell.
+        """
+        n_levels, n_points = sampling_locations.shape[3:5]
+        for k in range(np.int64(cuda.threadIdx.x), count, np.int64(cuda.blockDim.x)):
+            m, level, p = point_of(j0 + k, n_levels, n_points)
+            height = spatial_shapes[level, 0]
+            width = spatial_shapes[level, 1]
+            start = level_start_index[level]  # where x^l starts in value
+            attn_s[k] = attention_weights[n, q, m, level, p]  # A_mlqk
+            # eq. (2) in float64, as loop.py (see the module docstring)
+            u = float(sampling_locations[n, q, m, level, p, 0])
+            v = float(sampling_locations[n, q, m, level, p, 1])
+            x = _unfused_product(u, float(width)) - 0.5
+            y = _unfused_product(v, float(height)) - 0.5
+            # NOTE: a point with no tap inside the level contributes nothing and gets zero
+            # gradient. The test is false for NaN and +-inf too, so non-finite coordinates
+            # (and finite ones too large for an index) never reach floor() / int().
+            if not (-1.0 <= x < width and -1.0 <= y < height):
+                for t in range(TAPS):
+                    tap_row[k, t] = -1
+                    tap_w[k, t] = zero
+                ax_s[k] = zero
+                ay_s[k] = zero
+                continue
+            # eq. (1) of the bilinear page: the top-left tap and the offsets in [0, 1).
+            # NOTE: at an integer coordinate floor() puts the point at the left edge of the
+            # cell to its right: the gradient is the right-hand derivative, as in loop.py.
+            x0f = math.floor(x)
+            y0f = math.floor(y)
+            x0 = np.int64(x0f)
+            y0 = np.int64(y0f)
+            ax = float_type(x - x0f)
+            ay = float_type(y - y0f)
+            ax_s[k] = ax
+            ay_s[k] = ay
+            for t in range(TAPS):
+                tx = t % 2
+                ty = t // 2
+                # eq. (2) of the bilinear page: w = wx * wy
+                wx = one - ax if tx == 0 else ax
+                wy = one - ay if ty == 0 else ay
+                row = y0 + ty
+                col = x0 + tx
+                # eq. (3) of the bilinear page: a tap outside the level reads zero
+                inside = 0 <= row < height and 0 <= col < width
+                tap_row[k, t] = start + row * width + col if inside else -1
+                tap_w[k, t] = wx * wy
+
+    @cuda.jit(device=True)
+    def tap_slopes(t, ax, ay):
+        """``(dw/dx, dw/dy)`` of tap ``t``'s weight ``wx * wy`` (the bilinear page's eq. 2)."""
+        tx = t % 2
+        ty = t // 2
+        wx = one - ax if tx == 0 else ax
+        wy = one - ay if ty == 0 else ay
+        dw_dx = -wy if tx == 0 else wy
+        dw_dy = -wx if ty == 0 else wx
+        return dw_dx, dw_dy
+
+    @cuda.jit(device=True)
+    def head_points(j0, count, m, points_per_head):
+        """The flat points of head ``m`` in the staged chunk ``j0 .. j0 + count - 1``."""
+        return max(j0, m * points_per_head), min(j0 + count, (m + 1) * points_per_head)
+
+    @cuda.jit
+    def forward_kernel(value, spatial_shapes, level_start_index, sampling_locations,
+                       attention_weights, out):
+        """out (N, Lq, M*D) by eq. (3): one block per query, one thread per channel."""
+        tap_row = cuda.shared.array((CHUNK, TAPS), np.int64)
+        tap_w = cuda.shared.array((CHUNK, TAPS), float_type)
+        attn_s = cuda.shared.array(CHUNK, float_type)
+        ax_s = cuda.shared.array(CHUNK, float_type)
+        ay_s = cuda.shared.array(CHUNK, float_type)
+        thread = np.int64(cuda.threadIdx.x)
+        n_threads = np.int64(cuda.blockDim.x)
+        n_batch, _, n_heads, head_dim = value.shape
+        _, n_queries, _, n_levels, n_points, _ = sampling_locations.shape
+        points_per_head = n_levels * n_points
+        channels = n_heads * head_dim
+        # Every thread of a block takes the same trips through the loops that contain a
+        # syncthreads, so all of them reach it.
+        for nq in range(np.int64(cuda.blockIdx.x), n_batch * n_queries,
+                        np.int64(cuda.gridDim.x)):
+            n = nq // n_queries
+            q = nq - n * n_queries
+            for c in range(thread, channels, n_threads):
+                out[n, q, c] = zero
+            for j0 in range(0, n_heads * points_per_head, CHUNK):
+                count = min(CHUNK, n_heads * points_per_head - j0)
+                stage_points(n, q, j0, count, spatial_shapes, level_start_index,
+                             sampling_locations, attention_weights, tap_row, tap_w, attn_s,
+                             ax_s, ay_s)
+                cuda.syncthreads()  # the chunk is staged
+                for c in range(thread, channels, n_threads):
+                    m = c // head_dim
+                    d = c - m * head_dim
+                    acc = out[n, q, c]
+                    first, end = head_points(j0, count, m, points_per_head)
+                    for j in range(first, end):  # the head's levels and points, in order
+                        k = j - j0
+                        attn = attn_s[k]
+                        for t in range(TAPS):
+                            s = tap_row[k, t]
+                            if s >= 0:
+                                # eq. (3): A_mlqk * w_tap * (W'_m x^l)[tap, d]
+                                acc += attn * tap_w[k, t] * value[n, s, m, d]
+                    out[n, q, c] = acc
+                cuda.syncthreads()  # everyone is done before the chunk is restaged
+
+    @cuda.jit
+    def backward_kernel(gy, value, spatial_shapes, level_start_index, sampling_locations,
+                        attention_weights, grad_value, grad_locations, grad_weights):
+        """grad_value (N, S, M, D) += eq. (5) (zeroed by the caller), grad_locations
+        (N, Lq, M, L, P, 2) by eqs. (6)-(7) and grad_weights (N, Lq, M, L, P) by eq. (4):
+        one block per query; channel threads scatter eq. (5), point threads sum the rest."""
+        tap_row = cuda.shared.array((CHUNK, TAPS), np.int64)
+        tap_w = cuda.shared.array((CHUNK, TAPS), float_type)
+        attn_s = cuda.shared.array(CHUNK, float_type)
+        ax_s = cuda.shared.array(CHUNK, float_type)
+        ay_s = cuda.shared.array(CHUNK, float_type)
+        thread = np.int64(cuda.threadIdx.x)
+        n_threads = np.int64(cuda.blockDim.x)
+        n_batch, _, n_heads, head_dim = value.shape
+        _, n_queries, _, n_levels, n_points, _ = sampling_locations.shape
+        points_per_head = n_levels * n_points
+        channels = n_heads * head_dim
+        for nq in range(np.int64(cuda.blockIdx.x), n_batch * n_queries,
+                        np.int64(cuda.gridDim.x)):
+            n = nq // n_queries
+            q = nq - n * n_queries
+            for j0 in range(0, n_heads * points_per_head, CHUNK):
+                count = min(CHUNK, n_heads * points_per_head - j0)
+                stage_points(n, q, j0, count, spatial_shapes, level_start_index,
+                             sampling_locations, attention_weights, tap_row, tap_w, attn_s,
+                             ax_s, ay_s)
+                cuda.syncthreads()  # the chunk is staged
+                # eq. (5), one thread per channel: a scatter -- many (q, p) read the same tap,
+                # so the adds are atomic (see the module docstring)
+                for c in range(thread, channels, n_threads):
+                    m = c // head_dim
+                    d = c - m * head_dim
+                    g = gy[n, q, c]
+                    first, end = head_points(j0, count, m, points_per_head)
+                    for j in range(first, end):
+                        k = j - j0
+                        g_attn_w = g * attn_s[k]
+                        for t in range(TAPS):
+                            s = tap_row[k, t]
+                            if s >= 0:
+                                cuda.atomic.add(grad_value, (n, s, m, d),
+                                                g_attn_w * tap_w[k, t])
+                # eqs. (4), (6), (7), one thread per staged point: sums over the head's
+                # channels, in registers, taps outer and channels inner as in loop.py
+                for k in range(thread, count, n_threads):
+                    m, level, p = point_of(j0 + k, n_levels, n_points)
+                    attn = attn_s[k]
+                    g_attn = zero  # d loss / d A_mlqk
+                    g_x = zero  # d loss / d (x, y), the pixel coordinates
+                    g_y = zero
+                    for t in range(TAPS):
+                        s = tap_row[k, t]
+                        if s < 0:
+                            continue
+                        w = tap_w[k, t]
+                        dw_dx, dw_dy = tap_slopes(t, ax_s[k], ay_s[k])
+                        for d in range(head_dim):
+                            g = gy[n, q, m * head_dim + d]
+                            v_tap = value[n, s, m, d]
+                            g_attn += g * w * v_tap  # eq. (4)
+                            g_x += g * attn * dw_dx * v_tap  # eq. (6)
+                            g_y += g * attn * dw_dy * v_tap
+                    grad_weights[n, q, m, level, p] = g_attn
+                    # eq. (7): chain rule through eq. (2), dx/du = W_l, dy/dv = H_l
+                    grad_locations[n, q, m, level, p, 0] = g_x * float_type(
+                        spatial_shapes[level, 1])
+                    grad_locations[n, q, m, level, p, 1] = g_y * float_type(
+                        spatial_shapes[level, 0])
+                cuda.syncthreads()  # everyone is done before the chunk is restaged
+
+    return SimpleNamespace(forward=forward_kernel, backward=backward_kernel)
+
+
+# Building is cheap: @cuda.jit only compiles on a kernel's first launch.
+_KERNELS = {np.dtype(t): _build_kernels(t) for t in (np.float32, np.float64)}
+
+
+# ----------------------------------------------------------------------------- host side
+
+def _per_query_grid(n_batch: int, n_queries: int) -> tuple[int, int]:
+    """(blocks, threads per block): a block per query, capped; blocks stride over the rest."""
+    return min(MAX_BLOCKS, n_batch * n_queries), THREADS_PER_BLOCK
+
+
+def forward(value: np.ndarray, spatial_shapes: np.ndarray, level_start_index: np.ndarray,
+            sampling_locations: np.ndarray, attention_weights: np.ndarray) -> np.ndarray:
+    """out (N, Lq, M*D) by eq. (3), from value (N, S, M, D), spatial_shapes (L, 2),
+    level_start_index (L,), sampling_locations (N, Lq, M, L, P, 2) and attention_weights
+    (N, Lq, M, L, P)."""
+    n_batch, _, n_heads, head_dim = value.shape
+    n_queries = sampling_locations.shape[1]
+    out = cuda.device_array((n_batch, n_queries, n_heads * head_dim), dtype=value.dtype)
+    _KERNELS[value.dtype].forward[_per_query_grid(n_batch, n_queries)](
+        cuda.to_device(value), cuda.to_device(spatial_shapes),
+        cuda.to_device(level_start_index), cuda.to_device(sampling_locations),
+        cuda.to_device(attention_weights), out)
+    return out.copy_to_host()
+
+
+def backward(gy: np.ndarray, value: np.ndarray, spatial_shapes: np.ndarray,
+             level_start_index: np.ndarray, sampling_locations: np.ndarray,
+             attention_weights: np.ndarray):
+    """(grad_value (N, S, M, D) by eq. (5), grad_sampling_locations (N, Lq, M, L, P, 2) by
+    eqs. (6)-(7), grad_attention_weights (N, Lq, M, L, P) by eq. (4)) from gy (N, Lq, M*D)
+    and the forward's inputs."""
+    n_batch, n_queries = sampling_locations.shape[:2]
+    grad_value = cuda.to_device(np.zeros_like(value))  # the scatter adds into it
+    grad_locations = cuda.device_array(sampling_locations.shape, dtype=value.dtype)
+    grad_weights = cuda.device_array(attention_weights.shape, dtype=value.dtype)
+    _KERNELS[value.dtype].backward[_per_query_grid(n_batch, n_queries)](
+        cuda.to_device(gy), cuda.to_device(value), cuda.to_device(spatial_shapes),
+        cuda.to_device(level_start_index), cuda.to_device(sampling_locations),
+        cuda.to_device(attention_weights), grad_value, grad_locations, grad_weights)
+    return (grad_value.copy_to_host(), grad_locations.copy_to_host(),
+            grad_weights.copy_to_host())
