@@ -4,7 +4,10 @@
   (:mod:`scratchvision.nn.module` explains the forward / backward / accumulate contract);
 * :class:`Linear`, :class:`ReLU`;
 * :class:`Conv2d`, :class:`DeformConv2d` (DCNv1 and DCNv2, with their own offset predictor);
-* :class:`LayerNorm`, dense :class:`MultiheadAttention` and the :func:`softmax` it uses.
+* :class:`LayerNorm`, dense :class:`MultiheadAttention` and the :func:`softmax` it uses;
+* :class:`MSDeformAttn` (Deformable DETR's multi-scale deformable attention, with
+  :func:`grid_offsets_bias`) and :class:`DeformableEncoderLayer` (with
+  :func:`encoder_reference_points` and :func:`sine_position_encoding`).
 
 Train them with :mod:`scratchvision.optim`. Parameter names and shapes are torch's, so
 ``layer.load_state_dict({k: v.numpy() for k, v in torch_layer.state_dict().items()})`` gives
@@ -14,9 +17,14 @@ the same function as the torch layer.
 from .activation import ReLU
 from .attention import MultiheadAttention, softmax, softmax_backward
 from .conv import Conv2d, DeformConv2d
+from .deformable_attention import MSDeformAttn, grid_offsets_bias
+from .deformable_encoder import (DeformableEncoderLayer, encoder_reference_points,
+                                 sine_position_encoding)
 from .linear import Linear
 from .module import Module, Parameter, Sequential
 from .norm import LayerNorm
 
 __all__ = ["Parameter", "Module", "Sequential", "Linear", "ReLU", "Conv2d", "DeformConv2d",
-           "LayerNorm", "MultiheadAttention", "softmax", "softmax_backward"]
+           "LayerNorm", "MultiheadAttention", "softmax", "softmax_backward", "MSDeformAttn",
+           "grid_offsets_bias", "DeformableEncoderLayer", "encoder_reference_points",
+           "sine_position_encoding"]
