@@ -105,16 +105,29 @@ def tier_status(tier: str) -> TierStatus:
     return TierStatus(True, "cpu", "CPU")
 
 
-def resolve_backend(backend: str) -> str:
+# "auto" takes the first tier of this list that the operator offers and that can run here.
+_AUTO_PREFERENCE = ("numba", "numpy", "loop")
+
+
+def resolve_backend(backend: str, offered: tuple[str, ...] = TIERS, what: str = "this op") -> str:
     """Turn ``backend`` (``"auto"`` or a tier name) into a tier that can run here.
 
-    Raises ``ValueError`` for an unknown name and ``BackendUnavailableError`` for a tier that
-    exists but cannot run on this machine (the message says why).
+    ``offered`` lists the tiers the operator implements (all four for the heavy ops; fewer for
+    e.g. the box utilities, where a GPU kernel would not pay) and ``what`` names it in errors.
+    ``"auto"`` picks ``cuda`` on a real GPU if offered, else the first offered of numba, numpy,
+    loop. Raises ``ValueError`` for an unknown name and ``BackendUnavailableError`` for a tier
+    that the operator does not offer or that cannot run on this machine (the message says why).
     """
     if not isinstance(backend, str) or backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "cuda" if tier_status("cuda").kind == "GPU" else "numba"
+        if "cuda" in offered and tier_status("cuda").kind == "GPU":
+            return "cuda"
+        return next(t for t in _AUTO_PREFERENCE if t in offered and tier_status(t).available)
+    if backend not in offered:
+        raise BackendUnavailableError(
+            f"backend {backend!r} is unavailable: {what} has no {backend} tier "
+            f"(it offers {offered})")
     status = tier_status(backend)
     if not status.available:
         raise BackendUnavailableError(f"backend {backend!r} is unavailable: {status.detail}")
@@ -127,12 +140,17 @@ class TierModules:
     ``TierModules(__name__)`` inside ``scratchvision/ops/<op>/__init__.py``;
     ``.get(backend)`` resolves ``backend`` and returns the module implementing that tier, so a
     NumPy-only user never pays for compiling numba kernels and a missing numba-cuda only
-    matters to someone who asks for ``"cuda"``.
+    matters to someone who asks for ``"cuda"``. A package that implements fewer tiers names
+    them: ``TierModules(__name__, tiers=("loop", "numpy"))``.
     """
 
-    def __init__(self, package: str):
+    def __init__(self, package: str, tiers: tuple[str, ...] = TIERS):
+        unknown = [t for t in tiers if t not in TIERS]
+        if unknown or not tiers:
+            raise ValueError(f"tiers must be a non-empty subset of {TIERS}, got {tiers!r}")
         self.package = package
+        self.tiers = tuple(tiers)
 
     def get(self, backend: str) -> ModuleType:
-        tier = resolve_backend(backend)
+        tier = resolve_backend(backend, self.tiers, what=self.package.rsplit(".", 1)[-1])
         return importlib.import_module(f"{self.package}.{TIER_MODULES[tier]}")

@@ -65,6 +65,31 @@ def test_unknown_backend_is_a_value_error_naming_the_choices(backend):
         assert repr(name) in str(excinfo.value)
 
 
+def test_auto_picks_the_best_tier_a_package_offers(monkeypatch):
+    monkeypatch.setattr(_dispatch, "_cuda_status",
+                        lambda: TierStatus(True, "GPU", "a test double"))
+    assert resolve_backend("auto", ("loop", "numpy", "numba", "cuda")) == "cuda"
+    assert resolve_backend("auto", ("loop", "numpy", "numba")) == "numba"
+    assert resolve_backend("auto", ("loop", "numpy")) == "numpy"
+    assert resolve_backend("auto", ("loop",)) == "loop"
+
+
+@pytest.mark.parametrize("backend", ["numba", "cuda"])
+def test_a_tier_the_package_lacks_is_unavailable_and_named(backend):
+    modules = _dispatch.TierModules("scratchvision.ops.bilinear", tiers=("loop", "numpy"))
+    with pytest.raises(scratchvision.BackendUnavailableError) as excinfo:
+        modules.get(backend)
+    message = str(excinfo.value)
+    assert repr(backend) in message and "bilinear has no" in message and "'numpy'" in message
+    assert modules.get("auto").__name__ == "scratchvision.ops.bilinear.vectorized"
+
+
+@pytest.mark.parametrize("tiers", [(), ("loop", "gpu")])
+def test_tier_modules_rejects_unknown_tiers(tiers):
+    with pytest.raises(ValueError, match=r"\btiers\b"):
+        _dispatch.TierModules("scratchvision.ops.bilinear", tiers=tiers)
+
+
 def test_unknown_tier_status_is_a_value_error():
     with pytest.raises(ValueError, match=r"\btier\b"):
         tier_status("auto")

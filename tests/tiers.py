@@ -38,11 +38,12 @@ FLOAT64_RTOL = 1e-10
 FLOAT32_RTOL = 2e-5
 
 
-def available_tiers(*, simulated_cuda: bool = True) -> tuple[str, ...]:
-    """The tiers that can run here, in ``TIERS`` order; the cuda tier in the simulator only
-    when ``simulated_cuda``."""
+def available_tiers(*, simulated_cuda: bool = True,
+                    offered: tuple[str, ...] = TIERS) -> tuple[str, ...]:
+    """The tiers of ``offered`` (what the op implements; all four by default) that can run
+    here, in ``TIERS`` order; the cuda tier in the simulator only when ``simulated_cuda``."""
     tiers = []
-    for tier in TIERS:
+    for tier in (t for t in TIERS if t in offered):
         status = tier_status(tier)
         if not status.available:
             continue
@@ -52,10 +53,11 @@ def available_tiers(*, simulated_cuda: bool = True) -> tuple[str, ...]:
     return tuple(tiers)
 
 
-def run_on_every_tier(fn: Callable, *args, simulated_cuda: bool = True, **kwargs) -> dict:
-    """``{tier: fn(*args, backend=tier, **kwargs)}`` for every available tier."""
+def run_on_every_tier(fn: Callable, *args, simulated_cuda: bool = True,
+                      offered: tuple[str, ...] = TIERS, **kwargs) -> dict:
+    """``{tier: fn(*args, backend=tier, **kwargs)}`` for every available tier of ``offered``."""
     return {tier: fn(*args, backend=tier, **kwargs)
-            for tier in available_tiers(simulated_cuda=simulated_cuda)}
+            for tier in available_tiers(simulated_cuda=simulated_cuda, offered=offered)}
 
 
 def tolerance(dtype) -> float:
