@@ -1,10 +1,10 @@
 """``scratchvision bench``: time the fast tiers against the torch / torchvision references.
 
-For each bench case (``scratchvision.ops.<op>.bench_cases.BENCH_CASES``) this times, in one
-process and on the same inputs:
+For each bench case (``<package>.bench_cases.BENCH_CASES`` for each package of
+``BENCH_PACKAGES``) this times, in one process and on the same inputs:
 
-* every tier that can run here except ``loop`` (pure Python, far too slow at these shapes);
-  ``cuda`` only on a real GPU -- numba's CUDA simulator is never timed;
+* every tier the op offers that can run here except ``loop`` (pure Python, far too slow at
+  these shapes); ``cuda`` only on a real GPU -- numba's CUDA simulator is never timed;
 * the reference (e.g. ``F.grid_sample``) on the CPU, and on the GPU when there is one.
 
 Each contender is run once to warm up (numba compiles or loads its cache, torch allocates),
@@ -12,7 +12,9 @@ then ``repeats`` times, forward and forward+backward, with the contenders *inter
 each repeat so that a burst of load from elsewhere on the machine hits all of them alike. The
 table reports median milliseconds and the speed-up over the reference of the same device (CPU
 tiers against torch on the CPU, the cuda tier against torch on the GPU). Quote the ratios, not
-the absolute times. ``--quick`` runs the same code on small shapes, as a smoke test only.
+the absolute times. ``--quick`` runs the same code on small shapes, as a smoke test only. A
+case without a backward (e.g. ``nms``) times the forward only; its forward+backward columns
+say "no backward" (``None`` in the JSON rows).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ._dispatch import TIERS, tier_status
+from .ops import OPERATORS
 
 REPEATS = 7
 QUICK_REPEATS = 2
@@ -36,6 +39,11 @@ DTYPE = "float32"
 
 # tier -> why it is not timed (in addition to tiers that cannot run here at all)
 NOT_TIMED = {"loop": "not timed: pure-Python loops, far too slow at these shapes"}
+
+#: op name (as in ``scratchvision bench <op>``) -> the package whose ``bench_cases.BENCH_CASES``
+#: are timed: the heavy operators, then the detection ops that have bench cases
+BENCH_PACKAGES = {**{op: f"scratchvision.ops.{op}" for op in OPERATORS},
+                  "nms": "scratchvision.detection.nms"}
 
 Timed = Callable[[], object]
 
@@ -50,7 +58,9 @@ class BenchCase:
     API (the forward alone; the forward then the backward). ``reference(inputs, device)``
     moves the inputs to torch on ``device`` ("cpu" or "cuda") *outside* the timed region and
     returns the two timed callables ``(forward, forward_backward)``; it may raise ImportError.
-    ``shape`` and ``quick_shape`` describe the inputs for the table.
+    ``shape`` and ``quick_shape`` describe the inputs for the table. An op without a backward
+    leaves ``forward_backward`` None (and its reference returns ``(forward, None)``); only
+    the forward is timed. ``tiers`` lists the tiers the op offers.
     """
 
     name: str
@@ -58,15 +68,16 @@ class BenchCase:
     quick_shape: str
     make_inputs: Callable[[np.random.Generator, bool], dict]
     forward: Callable[..., object]
-    forward_backward: Callable[..., object]
-    reference: Callable[[dict, str], tuple[Timed, Timed]] | None = None
+    forward_backward: Callable[..., object] | None = None
+    reference: Callable[[dict, str], tuple[Timed, Timed | None]] | None = None
     reference_name: str = "torch"
+    tiers: tuple[str, ...] = TIERS
 
 
 def load_cases(ops) -> list[BenchCase]:
     cases = []
     for op in ops:
-        module = importlib.import_module(f"scratchvision.ops.{op}.bench_cases")
+        module = importlib.import_module(f"{BENCH_PACKAGES[op]}.bench_cases")
         cases.extend(module.BENCH_CASES)
     return cases
 
@@ -117,11 +128,14 @@ class Contender:
     label: str
     device: str  # "cpu" or "gpu": the speed-up is taken against the reference of this device
     forward: Timed
-    forward_backward: Timed
+    forward_backward: Timed | None  # None: the op has no backward
     is_reference: bool = False
 
 
-def _synchronised(fn: Timed, torch) -> Timed:
+def _synchronised(fn: Timed | None, torch) -> Timed | None:
+    if fn is None:
+        return None
+
     def run():
         fn()
         torch.cuda.synchronize()
@@ -133,7 +147,9 @@ def _contenders(case: BenchCase, inputs: dict, torch, notes: list) -> list[Conte
     found = []
     for tier in TIERS:
         status = tier_status(tier)
-        if tier in NOT_TIMED:
+        if tier not in case.tiers:
+            notes.append((tier, f"not timed: {case.name} has no {tier} tier"))
+        elif tier in NOT_TIMED:
             notes.append((tier, NOT_TIMED[tier]))
         elif not status.available:
             notes.append((tier, f"unavailable: {status.detail}"))
@@ -144,6 +160,7 @@ def _contenders(case: BenchCase, inputs: dict, torch, notes: list) -> list[Conte
             found.append(Contender(
                 f"{tier} ({status.detail})" if tier == "cuda" else tier, device,
                 lambda tier=tier: case.forward(tier, **inputs),
+                None if case.forward_backward is None else
                 lambda tier=tier: case.forward_backward(tier, **inputs)))
     reference = case.reference_name
     if case.reference is None:
@@ -176,15 +193,18 @@ def time_case(case: BenchCase, quick: bool, torch, repeats: int) -> list[dict]:
     contenders = _contenders(case, inputs, torch, notes)
     for c in contenders:  # warm-up: compile, load caches, allocate
         c.forward()
-        c.forward_backward()
+        if c.forward_backward is not None:
+            c.forward_backward()
     forward_ms = {c.label: [] for c in contenders}
     forward_backward_ms = {c.label: [] for c in contenders}
     for _ in range(repeats):
         for c in contenders:
             forward_ms[c.label].append(_time_once(c.forward))
-            forward_backward_ms[c.label].append(_time_once(c.forward_backward))
+            if c.forward_backward is not None:
+                forward_backward_ms[c.label].append(_time_once(c.forward_backward))
     medians = {c.label: (statistics.median(forward_ms[c.label]),
-                         statistics.median(forward_backward_ms[c.label])) for c in contenders}
+                         statistics.median(forward_backward_ms[c.label])
+                         if forward_backward_ms[c.label] else None) for c in contenders}
     reference_of = {c.device: medians[c.label] for c in contenders if c.is_reference}
     rows = []
     for c in contenders:
@@ -193,7 +213,9 @@ def time_case(case: BenchCase, quick: bool, torch, repeats: int) -> list[dict]:
         rows.append({
             "case": case.name, "shape": shape, "tier": c.label,
             "fwd_ms": fwd, "fwd_speedup": ref[0] / fwd if ref else None,
-            "fwd_bwd_ms": fwd_bwd, "fwd_bwd_speedup": ref[1] / fwd_bwd if ref else None,
+            "fwd_bwd_ms": fwd_bwd,
+            "fwd_bwd_speedup": (ref[1] / fwd_bwd if ref and None not in (ref[1], fwd_bwd)
+                                else None),
             "note": "reference" if c.is_reference else "",
         })
     for tier, why in notes:
@@ -215,7 +237,7 @@ def _ms(value) -> str:
 
 
 def _speedup(value, note: str) -> str:
-    if note == "reference":
+    if note == "reference" and value is not None:
         return "1.00x (reference)"
     return "" if value is None else f"{value:.2f}x"
 
@@ -223,8 +245,9 @@ def _speedup(value, note: str) -> str:
 def markdown_row(row: dict) -> str:
     if row["fwd_ms"] is None:  # a tier left out: say why across the timing columns
         return f"| {row['case']} | {row['shape']} | {row['tier']} | {row['note']} | | | |"
+    fwd_bwd_ms = "no backward" if row["fwd_bwd_ms"] is None else _ms(row["fwd_bwd_ms"])
     return (f"| {row['case']} | {row['shape']} | {row['tier']} | {_ms(row['fwd_ms'])} "
-            f"| {_speedup(row['fwd_speedup'], row['note'])} | {_ms(row['fwd_bwd_ms'])} "
+            f"| {_speedup(row['fwd_speedup'], row['note'])} | {fwd_bwd_ms} "
             f"| {_speedup(row['fwd_bwd_speedup'], row['note'])} |")
 
 
@@ -235,15 +258,13 @@ def main(op: str | None, as_json: bool, quick: bool) -> int:
     list of row dicts with keys case, shape, tier, fwd_ms, fwd_speedup, fwd_bwd_ms,
     fwd_bwd_speedup, note (times in ms; ``None`` where not timed).
     """
-    from .ops import OPERATORS
-
-    if op is not None and op not in OPERATORS:
-        print(f"scratchvision bench: unknown op {op!r}; choose from {', '.join(OPERATORS)}",
-              file=sys.stderr)
+    if op is not None and op not in BENCH_PACKAGES:
+        print(f"scratchvision bench: unknown op {op!r}; choose from "
+              f"{', '.join(BENCH_PACKAGES)}", file=sys.stderr)
         return 2
     torch = _torch()
     repeats = QUICK_REPEATS if quick else REPEATS
-    cases = load_cases([op] if op else OPERATORS)
+    cases = load_cases([op] if op else BENCH_PACKAGES)
     rows = []
     if not as_json:
         print(f"scratchvision bench{' ' + op if op else ''}: {machine_line(torch, quick, repeats)}")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 
 from ._dispatch import TIERS
+from .benchmark import BENCH_PACKAGES
 from .ops import OPERATORS
 
 
@@ -32,7 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
 
     bench = sub.add_parser("bench", help="time the tiers against torch / torchvision")
-    bench.add_argument("op", nargs="?", choices=OPERATORS, help="operator (default: all)")
+    bench.add_argument("op", nargs="?", choices=tuple(BENCH_PACKAGES),
+                       help="operator (default: all)")
     bench.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     bench.add_argument("--quick", action="store_true",
                        help="small shapes and few repeats: a smoke test, not a measurement")
