@@ -7,7 +7,11 @@
 * :class:`LayerNorm`, dense :class:`MultiheadAttention` and the :func:`softmax` it uses;
 * :class:`MSDeformAttn` (Deformable DETR's multi-scale deformable attention, with
   :func:`grid_offsets_bias`) and :class:`DeformableEncoderLayer` (with
-  :func:`encoder_reference_points` and :func:`sine_position_encoding`).
+  :func:`encoder_reference_points` and :func:`sine_position_encoding`);
+* the multi-scale layers: :class:`MaxPool2d` (loop, NumPy and numba tiers) and
+  :class:`GlobalAvgPool2d`, :class:`InceptionBlock`, :class:`ASPP` (dilated convolutions
+  through :class:`Conv2d`'s ``dilation``), :class:`FeaturePyramidNetwork` with
+  :class:`LastLevelMaxPool`; :class:`ModuleList` holds submodules by index.
 
 Train them with :mod:`scratchvision.optim`. Parameter names and shapes are torch's, so
 ``layer.load_state_dict({k: v.numpy() for k, v in torch_layer.state_dict().items()})`` gives
@@ -20,11 +24,15 @@ from .conv import Conv2d, DeformConv2d
 from .deformable_attention import MSDeformAttn, grid_offsets_bias
 from .deformable_encoder import (DeformableEncoderLayer, encoder_reference_points,
                                  sine_position_encoding)
+from .fpn import FeaturePyramidNetwork, LastLevelMaxPool
 from .linear import Linear
-from .module import Module, Parameter, Sequential
+from .module import Module, ModuleList, Parameter, Sequential
+from .multiscale import ASPP, InceptionBlock
 from .norm import LayerNorm
+from .pooling import GlobalAvgPool2d, MaxPool2d
 
 __all__ = ["Parameter", "Module", "Sequential", "Linear", "ReLU", "Conv2d", "DeformConv2d",
            "LayerNorm", "MultiheadAttention", "softmax", "softmax_backward", "MSDeformAttn",
            "grid_offsets_bias", "DeformableEncoderLayer", "encoder_reference_points",
-           "sine_position_encoding"]
+           "sine_position_encoding", "ModuleList", "MaxPool2d", "GlobalAvgPool2d",
+           "InceptionBlock", "ASPP", "FeaturePyramidNetwork", "LastLevelMaxPool"]

@@ -29,14 +29,14 @@ and ``named_parameters()`` lists them in registration order with dotted names of
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
 from .. import _checks
 from .._dispatch import BACKENDS
 
-__all__ = ["Parameter", "Module", "Sequential"]
+__all__ = ["Parameter", "Module", "Sequential", "ModuleList"]
 
 
 class Parameter:
@@ -278,3 +278,22 @@ class Sequential(Module):
         for module in reversed(list(self)):
             grad = module.backward(grad)
         return grad
+
+
+class ModuleList(Module):
+    """Submodules held in a list, named ``"0"``, ``"1"``, ... (``torch.nn.ModuleList``): it
+    registers their parameters under those names and has no forward of its own."""
+
+    def __init__(self, modules: Iterable[Module] = ()):
+        super().__init__()
+        for index, module in enumerate(modules):
+            self.add_module(str(index), module)
+
+    def __len__(self) -> int:
+        return len(self._modules)
+
+    def __iter__(self) -> Iterator[Module]:
+        return iter(self._modules.values())
+
+    def __getitem__(self, index: int) -> Module:
+        return list(self._modules.values())[index]
