@@ -1,7 +1,8 @@
 """The ``scratchvision`` command (also ``python -m scratchvision``).
 
 ``scratchvision check [op ...] [--backend TIER ...] [--json]``
-    verify every operator on every available tier (see :mod:`scratchvision.selfcheck`);
+    verify every operator, and the multi-scale layers (`layers`), on every available tier
+    (see :mod:`scratchvision.selfcheck`);
     exits non-zero when anything fails.
 ``scratchvision bench [op] [--json] [--quick]``
     time the fast tiers against the torch / torchvision references
@@ -14,7 +15,7 @@ import argparse
 
 from ._dispatch import TIERS
 from .benchmark import BENCH_PACKAGES
-from .ops import OPERATORS
+from .selfcheck import CHECK_MODULES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -25,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="verify forward and backward on every tier")
     check.add_argument("ops", nargs="*", metavar="op",
-                       help=f"operators to check (default: all of {', '.join(OPERATORS)})")
+                       help=f"what to check (default: all of {', '.join(CHECK_MODULES)})")
     check.add_argument("--backend", action="append", choices=TIERS, dest="backends",
                        help="tier to check; repeat for several (default: all)")
     check.add_argument("--cases", type=int, default=3,
@@ -46,13 +47,13 @@ def main(argv=None) -> int:
     if args.command == "check":
         from . import selfcheck
 
-        unknown = sorted(set(args.ops) - set(OPERATORS))
+        unknown = sorted(set(args.ops) - set(CHECK_MODULES))
         if unknown:
             raise SystemExit(f"scratchvision check: unknown op {unknown[0]!r}; "
-                             f"choose from {', '.join(OPERATORS)}")
+                             f"choose from {', '.join(CHECK_MODULES)}")
         if args.cases < 1:
             raise SystemExit(f"--cases must be positive, got {args.cases}")
-        return selfcheck.main(args.ops or list(OPERATORS), args.backends or list(TIERS),
+        return selfcheck.main(args.ops or list(CHECK_MODULES), args.backends or list(TIERS),
                               args.json, args.cases)
     from . import benchmark
 

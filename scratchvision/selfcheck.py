@@ -1,6 +1,7 @@
 """``scratchvision check``: verify every operator's maths on every tier this machine can run.
 
-For each check case (``scratchvision.ops.<op>.check_cases.CHECK_CASES``) and each tier:
+For each check case (``scratchvision.ops.<op>.check_cases.CHECK_CASES``, and the layers' in
+``scratchvision.nn.check_cases``) and each tier it can run on:
 
 * forward error: the largest difference from the loop tier (the specification), relative to
   the largest magnitude of the loop tier's output;
@@ -29,6 +30,7 @@ import numpy as np
 
 from ._dispatch import TIERS, tier_status
 from .gradcheck import gradcheck
+from .ops import OPERATORS
 
 FORWARD_RTOL = 1e-10
 
@@ -41,7 +43,10 @@ class CheckCase:
     simulator), kept off the operator's kinks by more than gradcheck's ``eps``;
     ``forward(*arrays, backend=...)`` and ``backward(gy, *arrays, backend=...)`` are the
     operator's public functions with the non-array arguments bound; ``wrt`` names the inputs
-    whose gradients are checked.
+    whose gradients are checked; ``tiers`` the tiers the case can run on (a layer built on an
+    op without a cuda tier, say, leaves "cuda" out). ``in_simulator=False`` skips the case in
+    the CUDA simulator (a layer's many kernel launches take minutes there; its ops have their
+    own simulator cases) -- on a real GPU it runs.
     """
 
     name: str
@@ -49,13 +54,19 @@ class CheckCase:
     forward: Callable
     backward: Callable
     wrt: tuple[str, ...]
+    tiers: tuple[str, ...] = TIERS
+    in_simulator: bool = True
 
 
-def load_cases(ops) -> list[CheckCase]:
+#: what ``scratchvision check NAME`` verifies: each heavy op's check cases, and the layers'
+CHECK_MODULES = {**{op: f"scratchvision.ops.{op}.check_cases" for op in OPERATORS},
+                 "layers": "scratchvision.nn.check_cases"}
+
+
+def load_cases(names) -> list[CheckCase]:
     cases = []
-    for op in ops:
-        module = importlib.import_module(f"scratchvision.ops.{op}.check_cases")
-        cases.extend(module.CHECK_CASES)
+    for name in names:
+        cases.extend(importlib.import_module(CHECK_MODULES[name]).CHECK_CASES)
     return cases
 
 
@@ -109,18 +120,25 @@ def _simulated_cuda_rows(ops, n_cases) -> list[dict]:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         return [_row(case, "cuda", "simulator", None, None,
                      "FAIL (simulator child crashed: " + " | ".join(tail) + ")")
-                for case in load_cases(ops)]
+                for case in load_cases(ops) if "cuda" in case.tiers]
 
 
 def run_checks(ops, tiers=TIERS, n_cases: int = 3) -> list[dict]:
-    cases = load_cases(ops)
     rows = []
     for tier in tiers:
+        cases = [case for case in load_cases(ops) if tier in case.tiers]
+        if not cases:
+            continue
         status = tier_status(tier)
         if status.available:
             device = {"GPU": status.detail, "cpu": "CPU"}.get(status.kind, status.kind)
             tiny = status.kind == "simulator"
-            rows.extend(check_case(case, tier, device, n_cases, tiny) for case in cases)
+            for case in cases:
+                if tiny and not case.in_simulator:
+                    rows.append(_row(case, tier, device, None, None,
+                                     "skipped: too slow for the simulator (runs on a GPU)"))
+                else:
+                    rows.append(check_case(case, tier, device, n_cases, tiny))
         elif tier == "cuda" and importlib.util.find_spec("numba_cuda") is not None:
             rows.extend(_simulated_cuda_rows(ops, n_cases))
         else:
