@@ -26,8 +26,9 @@ number for given scales and image size.
 segmenter, even one trained at a single scale, sees every object near the size it was trained
 on in some copy; averaging several views also smooths a dense prediction (test-time
 augmentation). It does not make the model share work between scales: a feature pyramid (FPN)
-gets multi-scale features from *one* pass at about 1.3x the backbone's cost, which is why
-modern detectors train with FPNs and keep image pyramids for test-time boosts.
+gets multi-scale features from *one* pass of the backbone plus its own layers (about 1.2x
+to 1.7x the backbone's cost, without or with the finest level P2; docs/strategies/fpn.md),
+which is why modern detectors train with FPNs and keep image pyramids for test-time boosts.
 
 **Training through it.** Dense fusion is differentiable: :func:`fuse_dense_backward` gives the
 gradient of the fused map with respect to every scale's prediction (the transposed resize of
