@@ -35,9 +35,7 @@
 
 # %%
 import math
-import tempfile
 import time
-from pathlib import Path
 
 import matplotlib
 
@@ -48,24 +46,9 @@ import numpy as np
 import scratchvision
 from scratchvision import gradcheck
 from scratchvision.ops import bilinear
+from scratchvision.tutorial_figures import figure_saver
 
-FIGURES = Path(tempfile.mkdtemp(prefix="scratchvision_tutorial01_"))
-
-
-def show(fig, name):
-    """Save ``fig`` as FIGURES/name.png, display it when running in a notebook, close it."""
-    path = FIGURES / f"{name}.png"
-    fig.savefig(path, dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    try:
-        from IPython import get_ipython
-        from IPython.display import Image, display
-    except ImportError:
-        get_ipython = None
-    if get_ipython is not None and get_ipython() is not None:
-        display(Image(filename=str(path)))
-    else:
-        print(f"figure saved to {path}")
+show = figure_saver("tutorial01")  # show(fig, name): save as PNG, display in a notebook
 
 
 # %% [markdown]

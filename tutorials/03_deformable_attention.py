@@ -55,10 +55,8 @@ import os
 os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
 import gc  # noqa: E402  (after the environment is set)
-import tempfile
 import time
 import tracemalloc
-from pathlib import Path
 
 import matplotlib
 
@@ -70,24 +68,9 @@ from scratchvision import gradcheck
 from scratchvision.nn.attention import MultiheadAttention, softmax
 from scratchvision.nn.deformable_attention import MSDeformAttn
 from scratchvision.ops import bilinear, ms_deform_attn
+from scratchvision.tutorial_figures import figure_saver
 
-FIGURES = Path(tempfile.mkdtemp(prefix="scratchvision_tutorial03_"))
-
-
-def show(fig, name):
-    """Save ``fig`` as FIGURES/name.png, display it when running in a notebook, close it."""
-    path = FIGURES / f"{name}.png"
-    fig.savefig(path, dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    try:
-        from IPython import get_ipython
-        from IPython.display import Image, display
-    except ImportError:
-        get_ipython = None
-    if get_ipython is not None and get_ipython() is not None:
-        display(Image(filename=str(path)))
-    else:
-        print(f"figure saved to {path}")
+show = figure_saver("tutorial03")  # show(fig, name): save as PNG, display in a notebook
 
 
 # %% [markdown]

@@ -39,8 +39,6 @@
 # (`jupytext --to ipynb tutorials/04_multiscale.py`).
 
 # %%
-import tempfile
-from pathlib import Path
 
 import matplotlib
 
@@ -50,35 +48,16 @@ import numpy as np
 from matplotlib.patches import Ellipse, Rectangle
 
 from scratchvision import gradcheck
-from scratchvision.detection.anchors import AnchorGenerator
-from scratchvision.detection.boxes import box_iou
-from scratchvision.detection.pyramid import ImagePyramid
-from scratchvision.nn import Conv2d, ReLU, Sequential
-from scratchvision.nn.fpn import FeaturePyramidNetwork, LastLevelMaxPool
-from scratchvision.nn.multiscale import ASPP, InceptionBlock
-from scratchvision.nn.pooling import MaxPool2d
+from scratchvision.detection import AnchorGenerator, ImagePyramid, box_iou
+from scratchvision.nn import (ASPP, Conv2d, FeaturePyramidNetwork, InceptionBlock,
+                              LastLevelMaxPool, MaxPool2d, ReLU, Sequential)
 from scratchvision.ops import bilinear, conv2d
+from scratchvision.tutorial_figures import figure_saver
 
 # The arrays here are small, and NumPy's tier needs no compilation: the whole tutorial runs in
 # seconds. Every layer and op accepts backend="numba" (or "auto") as well.
 BACKEND = "numpy"
-FIGURES = Path(tempfile.mkdtemp(prefix="scratchvision_tutorial04_"))
-
-
-def show(fig, name):
-    """Save ``fig`` as FIGURES/name.png, display it when running in a notebook, close it."""
-    path = FIGURES / f"{name}.png"
-    fig.savefig(path, dpi=80, bbox_inches="tight")
-    plt.close(fig)
-    try:
-        from IPython import get_ipython
-        from IPython.display import Image, display
-    except ImportError:
-        get_ipython = None
-    if get_ipython is not None and get_ipython() is not None:
-        display(Image(filename=str(path)))
-    else:
-        print(f"figure saved to {path}")
+show = figure_saver("tutorial04")  # show(fig, name): save as PNG, display in a notebook
 
 
 # %% [markdown]
