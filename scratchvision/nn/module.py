@@ -247,39 +247,6 @@ class Module:
         return "\n".join(lines) + "\n)"
 
 
-class Sequential(Module):
-    """Modules applied one after the other: ``Sequential(a, b, c)(x) == c(b(a(x)))``.
-
-    Submodules are named ``"0"``, ``"1"``, ... (so parameters are ``"0.weight"``, ...), as in
-    torch. ``backward(grad)`` runs the submodules' backward in reverse order and returns the
-    gradient with respect to the input of the first one.
-    """
-
-    def __init__(self, *modules: Module):
-        super().__init__()
-        for index, module in enumerate(modules):
-            self.add_module(str(index), module)
-
-    def __len__(self) -> int:
-        return len(self._modules)
-
-    def __iter__(self) -> Iterator[Module]:
-        return iter(self._modules.values())
-
-    def __getitem__(self, index: int) -> Module:
-        return list(self._modules.values())[index]
-
-    def forward(self, x):
-        for module in self:
-            x = module(x)
-        return x
-
-    def backward(self, grad):
-        for module in reversed(list(self)):
-            grad = module.backward(grad)
-        return grad
-
-
 class ModuleList(Module):
     """Submodules held in a list, named ``"0"``, ``"1"``, ... (``torch.nn.ModuleList``): it
     registers their parameters under those names and has no forward of its own."""
@@ -297,3 +264,25 @@ class ModuleList(Module):
 
     def __getitem__(self, index: int) -> Module:
         return list(self._modules.values())[index]
+
+
+class Sequential(ModuleList):
+    """Modules applied one after the other: ``Sequential(a, b, c)(x) == c(b(a(x)))``.
+
+    Submodules are named ``"0"``, ``"1"``, ... (so parameters are ``"0.weight"``, ...), as in
+    torch. ``backward(grad)`` runs the submodules' backward in reverse order and returns the
+    gradient with respect to the input of the first one.
+    """
+
+    def __init__(self, *modules: Module):
+        super().__init__(modules)
+
+    def forward(self, x):
+        for module in self:
+            x = module(x)
+        return x
+
+    def backward(self, grad):
+        for module in reversed(list(self)):
+            grad = module.backward(grad)
+        return grad
