@@ -9,7 +9,8 @@ import pytest
 
 from scratchvision.ops import deform_conv2d
 
-from backend_rules import (test_unavailable_backend_says_which_and_why,  # noqa: F401
+from backend_rules import (call_fixture, test_the_valid_call_runs,  # noqa: F401
+                           test_unavailable_backend_says_which_and_why,
                            test_unknown_backend, whole_word)
 
 # A valid DCNv2 call: N=2, C_in=4 in 2 offset groups, 2 weight groups, C_out=6, 3x3 kernel,
@@ -32,16 +33,7 @@ def _backward(x, offset, weight, bias, mask, gy, **options):
     return deform_conv2d.backward(gy, x, offset, weight, bias, mask=mask, **options)
 
 
-@pytest.fixture(params=[_forward, _backward], ids=["forward", "backward"])
-def call(request):
-    """Call ``forward`` or ``backward`` with the valid arguments, some of them replaced."""
-    def run(**changes):
-        return request.param(**{**VALID, **changes})
-    return run
-
-
-def test_the_valid_call_runs(call):
-    call()
+call = call_fixture(VALID, _forward, _backward)
 
 
 # ----------------------------------------------------------------------------- arrays

@@ -9,7 +9,8 @@ import pytest
 
 from scratchvision.ops import ms_deform_attn
 
-from backend_rules import (test_unavailable_backend_says_which_and_why,  # noqa: F401
+from backend_rules import (call_fixture, test_the_valid_call_runs,  # noqa: F401
+                           test_unavailable_backend_says_which_and_why,
                            test_unknown_backend, whole_word)
 
 # A valid call: N=2, two levels (3, 4) and (1, 2), so S = 14; M=2 heads of D=3 channels;
@@ -36,16 +37,7 @@ def _backward(value, spatial_shapes, level_start_index, sampling_locations, atte
                                    sampling_locations, attention_weights, **options)
 
 
-@pytest.fixture(params=[_forward, _backward], ids=["forward", "backward"])
-def call(request):
-    """Call ``forward`` or ``backward`` with the valid arguments, some of them replaced."""
-    def run(**changes):
-        return request.param(**{**VALID, **changes})
-    return run
-
-
-def test_the_valid_call_runs(call):
-    call()
+call = call_fixture(VALID, _forward, _backward)
 
 
 # ----------------------------------------------------------------------------- dtypes, ndim
