@@ -14,6 +14,7 @@ C-contiguous array only when the kernels need one.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 
@@ -91,6 +92,44 @@ def shape_equals(arr: np.ndarray, name: str, expected: tuple[int, ...], why: str
     if tuple(arr.shape) != tuple(expected):
         raise ValueError(
             f"{name} must have shape {tuple(expected)} ({why}), got shape {tuple(arr.shape)}")
+
+
+def nonempty_spatial(arr: np.ndarray, name: str) -> None:
+    """Require a (..., H, W) array with H >= 1 and W >= 1 (a batch or channel axis may be 0)."""
+    if arr.shape[-2] == 0 or arr.shape[-1] == 0:
+        raise ValueError(f"{name} must have a non-empty height and width, got shape {arr.shape}")
+
+
+def real_number(value, name: str, *, finite: bool = False, positive: bool = False,
+                allow_nan: bool = True) -> float:
+    """Require a real number and return it as a Python float.
+
+    A bool, a string, a complex number or an array raise ``TypeError`` (``True`` is a number
+    to Python but a bug as a threshold). ``finite``, ``positive`` and ``allow_nan=False`` add
+    value rules, each a ``ValueError``: torchvision accepts any real IoU threshold, while an
+    ``eps`` must be finite and positive.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not allow_nan and math.isnan(value):
+        raise ValueError(f"{name} must not be nan")
+    if finite and not math.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value!r}")
+    if positive and not value > 0:
+        raise ValueError(f"{name} must be positive, got {value!r}")
+    return value
+
+
+def positive_numbers(value, name: str) -> tuple[float, ...]:
+    """Require a non-empty sequence of finite positive reals (scales, sizes, aspect ratios)
+    and return it as a tuple of floats."""
+    if not isinstance(value, Sequence) or isinstance(value, (str, bytes)) or not value:
+        raise ValueError(f"{name} must be a non-empty tuple of positive numbers, got {value!r}")
+    try:
+        return tuple(real_number(v, name, finite=True, positive=True) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must hold finite positive numbers, got {value!r}") from None
 
 
 def _as_int(value, name: str) -> int:

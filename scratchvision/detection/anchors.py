@@ -52,8 +52,6 @@ they agree bit for bit.
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Sequence
 
 import numpy as np
@@ -143,17 +141,6 @@ _TIERS = {
 
 # ----------------------------------------------------------------------------- arguments
 
-def _positive_numbers(value, name: str) -> tuple[float, ...]:
-    """A non-empty sequence of finite positive reals (sizes or aspect ratios of one level)."""
-    if not isinstance(value, Sequence) or isinstance(value, (str, bytes)) or not value:
-        raise ValueError(f"{name} must be a non-empty tuple of positive numbers, got {value!r}")
-    for v in value:
-        if (isinstance(v, (bool, np.bool_)) or not isinstance(v, numbers.Real)
-                or not math.isfinite(v) or v <= 0):
-            raise ValueError(f"{name} must hold finite positive numbers, got {value!r}")
-    return tuple(value)
-
-
 def _per_level(value, name: str) -> tuple:
     """``value`` as a non-empty tuple: nested (one entry per level) or flat (torchvision's
     shorthand, which the caller expands)."""
@@ -193,9 +180,9 @@ class AnchorGenerator:
         if len(sizes) != len(aspect_ratios):
             raise ValueError(f"sizes and aspect_ratios must have one entry per level, got "
                              f"{len(sizes)} and {len(aspect_ratios)} levels")
-        self.sizes = tuple(_positive_numbers(s, f"sizes[{level}]")
+        self.sizes = tuple(_checks.positive_numbers(s, f"sizes[{level}]")
                            for level, s in enumerate(sizes))
-        self.aspect_ratios = tuple(_positive_numbers(r, f"aspect_ratios[{level}]")
+        self.aspect_ratios = tuple(_checks.positive_numbers(r, f"aspect_ratios[{level}]")
                                    for level, r in enumerate(aspect_ratios))
         _checks.choice(backend, "backend", BACKENDS)
         self.backend = backend

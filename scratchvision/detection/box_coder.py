@@ -36,7 +36,6 @@ would only restate the same lines; the IoU matrix a Matcher consumes comes from
 from __future__ import annotations
 
 import math
-import numbers
 
 import numpy as np
 
@@ -44,15 +43,6 @@ from .. import _checks
 from .boxes import box_array
 
 __all__ = ["BoxCoder", "Matcher"]
-
-
-def _real(value, name: str) -> float:
-    """Require a real number (not a bool, not nan) and return it as a Python float."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r} ({type(value).__name__})")
-    if math.isnan(value):
-        raise ValueError(f"{name} must not be nan")
-    return float(value)
 
 
 def _sizes_and_centres(boxes: np.ndarray):
@@ -87,11 +77,12 @@ class BoxCoder:
         if isinstance(weights, (str, bytes)) or not hasattr(weights, "__len__") \
                 or len(weights) != 4:
             raise ValueError(f"weights must be four numbers (wx, wy, ww, wh), got {weights!r}")
-        weights = tuple(_real(w, "weights") for w in weights)
+        weights = tuple(_checks.real_number(w, "weights", allow_nan=False) for w in weights)
         if not all(0 < w < math.inf for w in weights):
             raise ValueError(f"weights must be positive and finite, got {weights!r}")
         self.weights = weights
-        self.bbox_xform_clip = _real(bbox_xform_clip, "bbox_xform_clip")
+        self.bbox_xform_clip = _checks.real_number(bbox_xform_clip, "bbox_xform_clip",
+                                                   allow_nan=False)
 
     def __repr__(self) -> str:
         return f"BoxCoder(weights={self.weights}, bbox_xform_clip={self.bbox_xform_clip})"
@@ -189,8 +180,8 @@ class Matcher:
 
     def __init__(self, high_threshold: float, low_threshold: float,
                  allow_low_quality_matches: bool = False):
-        self.high_threshold = _real(high_threshold, "high_threshold")
-        self.low_threshold = _real(low_threshold, "low_threshold")
+        self.high_threshold = _checks.real_number(high_threshold, "high_threshold", allow_nan=False)
+        self.low_threshold = _checks.real_number(low_threshold, "low_threshold", allow_nan=False)
         if self.low_threshold > self.high_threshold:
             raise ValueError("low_threshold must be <= high_threshold, got low_threshold="
                              f"{low_threshold!r} and high_threshold={high_threshold!r}")

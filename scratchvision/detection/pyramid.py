@@ -40,8 +40,6 @@ choices (train the detector per scale instead).
 
 from __future__ import annotations
 
-import math
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import NamedTuple
 
@@ -72,20 +70,10 @@ class Detections(NamedTuple):
 
 # ----------------------------------------------------------------------------- sizes
 
-def _scales(value) -> tuple[float, ...]:
-    if not isinstance(value, Sequence) or isinstance(value, (str, bytes)) or not value:
-        raise ValueError(f"scales must be a non-empty tuple of positive numbers, got {value!r}")
-    for s in value:
-        if (isinstance(s, (bool, np.bool_)) or not isinstance(s, numbers.Real)
-                or not math.isfinite(s) or s <= 0):
-            raise ValueError(f"scales must hold finite positive numbers, got {value!r}")
-    return tuple(float(s) for s in value)
-
-
 def scaled_size(image_size, scale: float) -> tuple[int, int]:
     """``(max(1, round(H * s)), max(1, round(W * s)))``: the size of the copy at ``scale``."""
     height, width = _checks.int_pair(image_size, "image_size", minimum=1)
-    (scale,) = _scales((scale,))
+    (scale,) = _checks.positive_numbers((scale,), "scale")
     return max(1, round(height * scale)), max(1, round(width * scale))
 
 
@@ -256,7 +244,7 @@ def box_clusters(boxes, scores, labels, iou_threshold: float) -> list[np.ndarray
         the clusters in the order of their seeds.
     """
     boxes, scores, labels = _detections((boxes, scores, labels))
-    threshold = _real(iou_threshold, "iou_threshold")
+    threshold = _checks.real_number(iou_threshold, "iou_threshold")
     order = np.argsort(-scores, kind="stable")  # decreasing score, ties: lower index first
     free = np.ones(order.size, dtype=bool)  # per position in `order`: not yet in a cluster
     clusters = []
@@ -316,12 +304,6 @@ def weighted_box_fusion(boxes, scores, labels, iou_threshold: float = 0.5) -> De
     return Detections(fused_boxes[order], fused_scores[order], fused_labels[order])
 
 
-def _real(value, name: str) -> float:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"{name} must be a real number, got {value!r}")
-    return float(value)
-
-
 def fuse_boxes(detections, from_sizes, to_size, fusion: str = "nms",
                iou_threshold: float = 0.5, backend: str = "auto") -> Detections:
     """Map one image's detections from every scale to ``to_size`` and fuse them.
@@ -370,7 +352,7 @@ class ImagePyramid:
 
     def __init__(self, scales=(0.5, 1.0, 1.5), align_corners: bool = False,
                  backend: str = "auto"):
-        self.scales = _scales(scales)
+        self.scales = _checks.positive_numbers(scales, "scales")
         self.align_corners = _checks.boolean(align_corners, "align_corners")
         _checks.choice(backend, "backend", BACKENDS)
         self.backend = backend

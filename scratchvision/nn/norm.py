@@ -21,7 +21,6 @@ grad_y`` (7). The function is smooth (eps > 0 keeps r finite even for a constant
 
 from __future__ import annotations
 
-import numbers
 
 import numpy as np
 
@@ -58,10 +57,7 @@ class LayerNorm(Module):
                  *, rng=None, dtype=np.float64):
         super().__init__()
         self.normalized_shape = _checks.positive_int(normalized_shape, "normalized_shape")
-        if (isinstance(eps, bool) or not isinstance(eps, numbers.Real)
-                or not (eps > 0 and np.isfinite(eps))):
-            raise ValueError(f"eps must be a positive finite number, got {eps!r}")
-        self.eps = float(eps)
+        self.eps = _checks.real_number(eps, "eps", finite=True, positive=True)
         self.elementwise_affine = _checks.boolean(elementwise_affine, "elementwise_affine")
         as_generator(rng)  # validated for a uniform constructor; nothing is random here
         dtype = float_dtype(dtype)

@@ -41,7 +41,6 @@ so the greedy pass compares a box only with the later boxes of its own class.
 
 from __future__ import annotations
 
-import numbers
 
 import numpy as np
 
@@ -115,10 +114,7 @@ def _boxes_and_scores(boxes, scores) -> tuple[np.ndarray, np.ndarray]:
 
 def _iou_threshold(value) -> float:
     """Any real number, as torchvision accepts (see the module docstring for its meaning)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
-        raise TypeError(f"iou_threshold must be a real number, got {value!r} "
-                        f"({type(value).__name__})")
-    return float(value)
+    return _checks.real_number(value, "iou_threshold")
 
 
 # ----------------------------------------------------------------------------- the visit order

@@ -1,4 +1,4 @@
-"""The case ``scratchvision bench nms`` times (issue 5): greedy NMS on 10k boxes.
+"""The case ``scratchvision bench nms`` times: greedy NMS on 10k boxes.
 
 * ``nms``: 10,000 float32 boxes with centres uniform in a 1000 x 1000 image and sides uniform
   in [10, 200] px (independently for width and height), uniform random scores,
@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ...benchmark import BenchCase
-from . import TIERS, nms
+from ..cases import BenchCase
+from ..detection.nms import TIERS, nms
 
 N_BOXES, QUICK_N_BOXES = 10_000, 1_000
 IMAGE_SIZE = 1000.0  # px, square
@@ -67,3 +67,6 @@ BENCH_CASES = [
         tiers=TIERS,
     ),
 ]
+
+#: nms has no gradient: nothing for ``scratchvision check`` (its tiers are tested for equality)
+CHECK_CASES: list = []
