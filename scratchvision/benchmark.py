@@ -1,7 +1,7 @@
 """``scratchvision bench``: time the fast tiers against the torch / torchvision references.
 
-For each bench case (``<package>.bench_cases.BENCH_CASES`` for each package of
-``BENCH_PACKAGES``) this times, in one process and on the same inputs:
+For each bench case (``BENCH_CASES`` of the suites in :mod:`scratchvision.verify`) this
+times, in one process and on the same inputs:
 
 * every tier the op offers that can run here except ``loop`` (pure Python, far too slow at
   these shapes); ``cuda`` only on a real GPU -- numba's CUDA simulator is never timed;
@@ -19,19 +19,18 @@ say "no backward" (``None`` in the JSON rows).
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import statistics
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from ._dispatch import TIERS, tier_status
-from .ops import OPERATORS
+from .cases import BenchCase, Timed
+from .verify import bench_cases, suites_with
 
 REPEATS = 7
 QUICK_REPEATS = 2
@@ -40,46 +39,11 @@ DTYPE = "float32"
 # tier -> why it is not timed (in addition to tiers that cannot run here at all)
 NOT_TIMED = {"loop": "not timed: pure-Python loops, far too slow at these shapes"}
 
-#: op name (as in ``scratchvision bench <op>``) -> the package whose ``bench_cases.BENCH_CASES``
-#: are timed: the heavy operators, then the detection ops that have bench cases
-BENCH_PACKAGES = {**{op: f"scratchvision.ops.{op}" for op in OPERATORS},
-                  "nms": "scratchvision.detection.nms"}
-
-Timed = Callable[[], object]
+#: what ``scratchvision bench NAME`` accepts: the suites of :mod:`scratchvision.verify` with
+#: bench cases (the heavy operators, then the detection ops)
+BENCH_SUITES = suites_with("BENCH_CASES")
 
 
-@dataclass(frozen=True)
-class BenchCase:
-    """One operator configuration to time.
-
-    ``make_inputs(rng, quick)`` returns a dict name -> float32 array, including ``gy``, the
-    fixed random upstream gradient that forward+backward feeds to the backward.
-    ``forward(backend, **inputs)`` and ``forward_backward(backend, **inputs)`` run our public
-    API (the forward alone; the forward then the backward). ``reference(inputs, device)``
-    moves the inputs to torch on ``device`` ("cpu" or "cuda") *outside* the timed region and
-    returns the two timed callables ``(forward, forward_backward)``; it may raise ImportError.
-    ``shape`` and ``quick_shape`` describe the inputs for the table. An op without a backward
-    leaves ``forward_backward`` None (and its reference returns ``(forward, None)``); only
-    the forward is timed. ``tiers`` lists the tiers the op offers.
-    """
-
-    name: str
-    shape: str
-    quick_shape: str
-    make_inputs: Callable[[np.random.Generator, bool], dict]
-    forward: Callable[..., object]
-    forward_backward: Callable[..., object] | None = None
-    reference: Callable[[dict, str], tuple[Timed, Timed | None]] | None = None
-    reference_name: str = "torch"
-    tiers: tuple[str, ...] = TIERS
-
-
-def load_cases(ops) -> list[BenchCase]:
-    cases = []
-    for op in ops:
-        module = importlib.import_module(f"{BENCH_PACKAGES[op]}.bench_cases")
-        cases.extend(module.BENCH_CASES)
-    return cases
 
 
 # ----------------------------------------------------------------------------- environment
@@ -258,13 +222,13 @@ def main(op: str | None, as_json: bool, quick: bool) -> int:
     list of row dicts with keys case, shape, tier, fwd_ms, fwd_speedup, fwd_bwd_ms,
     fwd_bwd_speedup, note (times in ms; ``None`` where not timed).
     """
-    if op is not None and op not in BENCH_PACKAGES:
+    if op is not None and op not in BENCH_SUITES:
         print(f"scratchvision bench: unknown op {op!r}; choose from "
-              f"{', '.join(BENCH_PACKAGES)}", file=sys.stderr)
+              f"{', '.join(BENCH_SUITES)}", file=sys.stderr)
         return 2
     torch = _torch()
     repeats = QUICK_REPEATS if quick else REPEATS
-    cases = load_cases([op] if op else BENCH_PACKAGES)
+    cases = bench_cases([op] if op else BENCH_SUITES)
     rows = []
     if not as_json:
         print(f"scratchvision bench{' ' + op if op else ''}: {machine_line(torch, quick, repeats)}")

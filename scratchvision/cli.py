@@ -14,8 +14,8 @@ from __future__ import annotations
 import argparse
 
 from ._dispatch import TIERS
-from .benchmark import BENCH_PACKAGES
-from .selfcheck import CHECK_MODULES
+from .benchmark import BENCH_SUITES
+from .selfcheck import CHECK_SUITES
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -26,7 +26,7 @@ def _parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", help="verify forward and backward on every tier")
     check.add_argument("ops", nargs="*", metavar="op",
-                       help=f"what to check (default: all of {', '.join(CHECK_MODULES)})")
+                       help=f"what to check (default: all of {', '.join(CHECK_SUITES)})")
     check.add_argument("--backend", action="append", choices=TIERS, dest="backends",
                        help="tier to check; repeat for several (default: all)")
     check.add_argument("--cases", type=int, default=3,
@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
 
     bench = sub.add_parser("bench", help="time the tiers against torch / torchvision")
-    bench.add_argument("op", nargs="?", choices=tuple(BENCH_PACKAGES),
+    bench.add_argument("op", nargs="?", choices=tuple(BENCH_SUITES),
                        help="operator (default: all)")
     bench.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     bench.add_argument("--quick", action="store_true",
@@ -47,13 +47,13 @@ def main(argv=None) -> int:
     if args.command == "check":
         from . import selfcheck
 
-        unknown = sorted(set(args.ops) - set(CHECK_MODULES))
+        unknown = sorted(set(args.ops) - set(CHECK_SUITES))
         if unknown:
             raise SystemExit(f"scratchvision check: unknown op {unknown[0]!r}; "
-                             f"choose from {', '.join(CHECK_MODULES)}")
+                             f"choose from {', '.join(CHECK_SUITES)}")
         if args.cases < 1:
             raise SystemExit(f"--cases must be positive, got {args.cases}")
-        return selfcheck.main(args.ops or list(CHECK_MODULES), args.backends or list(TIERS),
+        return selfcheck.main(args.ops or list(CHECK_SUITES), args.backends or list(TIERS),
                               args.json, args.cases)
     from . import benchmark
 

@@ -1,7 +1,7 @@
 """``scratchvision check``: verify every operator's maths on every tier this machine can run.
 
-For each check case (``scratchvision.ops.<op>.check_cases.CHECK_CASES``, and the layers' in
-``scratchvision.nn.check_cases``) and each tier it can run on:
+For each check case (``CHECK_CASES`` of the suites in :mod:`scratchvision.verify`: one per
+operator, and the layers') and each tier it can run on:
 
 * forward error: the largest difference from the loop tier (the specification), relative to
   the largest magnitude of the loop tier's output;
@@ -17,57 +17,26 @@ says so in the ``device`` column.
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
-from dataclasses import dataclass
-
 import numpy as np
 
 from ._dispatch import TIERS, tier_status
+from .cases import CheckCase
 from .gradcheck import gradcheck
-from .ops import OPERATORS
+from .verify import check_cases, suites_with
 
 FORWARD_RTOL = 1e-10
 
 
-@dataclass(frozen=True)
-class CheckCase:
-    """One operator configuration to verify.
-
-    ``make_inputs(rng, tiny)`` returns a dict name -> float64 array (tiny shapes for the CUDA
-    simulator), kept off the operator's kinks by more than gradcheck's ``eps``;
-    ``forward(*arrays, backend=...)`` and ``backward(gy, *arrays, backend=...)`` are the
-    operator's public functions with the non-array arguments bound; ``wrt`` names the inputs
-    whose gradients are checked; ``tiers`` the tiers the case can run on (a layer built on an
-    op without a cuda tier, say, leaves "cuda" out). ``in_simulator=False`` skips the case in
-    the CUDA simulator (a layer's many kernel launches take minutes there; its ops have their
-    own simulator cases) -- on a real GPU it runs.
-    """
-
-    name: str
-    make_inputs: Callable[[np.random.Generator, bool], dict]
-    forward: Callable
-    backward: Callable
-    wrt: tuple[str, ...]
-    tiers: tuple[str, ...] = TIERS
-    in_simulator: bool = True
 
 
-#: what ``scratchvision check NAME`` verifies: each heavy op's check cases, and the layers'
-CHECK_MODULES = {**{op: f"scratchvision.ops.{op}.check_cases" for op in OPERATORS},
-                 "layers": "scratchvision.nn.check_cases"}
-
-
-def load_cases(names) -> list[CheckCase]:
-    cases = []
-    for name in names:
-        cases.extend(importlib.import_module(CHECK_MODULES[name]).CHECK_CASES)
-    return cases
+#: what ``scratchvision check NAME`` accepts: the suites of :mod:`scratchvision.verify` with
+#: check cases (each operator's, and ``layers``)
+CHECK_SUITES = suites_with("CHECK_CASES")
 
 
 def _row(case, tier, device, forward_error, gradient_error, status):
@@ -120,13 +89,13 @@ def _simulated_cuda_rows(ops, n_cases) -> list[dict]:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-5:]
         return [_row(case, "cuda", "simulator", None, None,
                      "FAIL (simulator child crashed: " + " | ".join(tail) + ")")
-                for case in load_cases(ops) if "cuda" in case.tiers]
+                for case in check_cases(ops) if "cuda" in case.tiers]
 
 
 def run_checks(ops, tiers=TIERS, n_cases: int = 3) -> list[dict]:
     rows = []
     for tier in tiers:
-        cases = [case for case in load_cases(ops) if tier in case.tiers]
+        cases = [case for case in check_cases(ops) if tier in case.tiers]
         if not cases:
             continue
         status = tier_status(tier)

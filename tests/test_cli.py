@@ -7,8 +7,10 @@ import json
 import numpy as np
 import pytest
 
-from scratchvision import _dispatch, cli, selfcheck
-from scratchvision.ops.bilinear import check_cases, sample_backward
+from scratchvision import _dispatch, cli, selfcheck, verify
+from scratchvision.cases import CheckCase
+from scratchvision.ops.bilinear import sample_backward
+from scratchvision.verify import bilinear as check_cases
 
 
 def _json_rows(capsys, argv):
@@ -33,7 +35,7 @@ def test_check_fails_on_a_wrong_backward(capsys, monkeypatch):
 
     broken = check_cases.CHECK_CASES[0]
     assert broken.name == "bilinear.sample"
-    patched = selfcheck.CheckCase(broken.name, broken.make_inputs, broken.forward,
+    patched = CheckCase(broken.name, broken.make_inputs, broken.forward,
                                   off_by_one_percent, broken.wrt)
     monkeypatch.setattr(check_cases, "CHECK_CASES", [patched] + check_cases.CHECK_CASES[1:])
     code, rows = _json_rows(capsys, ["check", "--backend", "numpy", "--cases", "1", "--json"])
@@ -50,7 +52,7 @@ def test_check_fails_on_a_wrong_forward(capsys, monkeypatch):
         out = broken.forward(x, backend=backend)
         return out + 1e-6 if backend == "numpy" else out
 
-    patched = selfcheck.CheckCase(broken.name, broken.make_inputs, shifted_forward,
+    patched = CheckCase(broken.name, broken.make_inputs, shifted_forward,
                                   broken.backward, broken.wrt)
     cases = list(check_cases.CHECK_CASES)
     cases[1] = patched
@@ -86,7 +88,7 @@ def test_check_runs_the_cuda_tier_and_says_where(capsys):
     # every op runs; in the simulator the composite layers say they were skipped, and why
     skipped = {r["op"] for r in rows if r["status"].startswith("skipped")}
     assert all(r["status"] == "ok" for r in rows if r["op"] not in skipped)
-    layer_cases = {case.name for case in selfcheck.load_cases(["layers"])
+    layer_cases = {case.name for case in verify.check_cases(["layers"])
                    if not case.in_simulator}
     assert skipped == (layer_cases if status.kind == "simulator" else set())
     assert any(r["op"].startswith("ms_deform_attn") for r in rows)

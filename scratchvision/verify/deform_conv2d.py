@@ -4,10 +4,10 @@ Check cases: DCNv1 and DCNv2, offset groups and weight groups, stride, padding a
 Shapes are small because the loop tier's gradients are checked element by element (two
 forward passes per input element, each a Python loop over every output, tap and channel).
 
-Bench case ``deform_conv2d v2`` (the shape of the design page's benchmark section): DCNv2 with N=2, C=64 -> 64, a 3x3 kernel, 64x64 input, padding 1
-(so Ho = Wo = 64), one offset group, offsets drawn from N(0, 1) (most taps move by under a
-pixel or two; a few fall outside the image) and a mask uniform in (0, 1), as a sigmoid would
-give. Reference: ``torchvision.ops.deform_conv2d`` on the same inputs; forward+backward
+Bench case ``deform_conv2d v2`` (the shape of the design page's benchmark section): DCNv2
+with N=2, C=64 -> 64, a 3x3 kernel, 64x64 input, padding 1 (so Ho = Wo = 64), one offset
+group, offsets drawn from N(0, 1) (most taps move by under a pixel or two; a few fall outside
+the image) and a mask uniform in (0, 1), as a sigmoid would give. Reference: ``torchvision.ops.deform_conv2d`` on the same inputs; forward+backward
 differentiates with respect to the input, offset, weight, bias and mask.
 """
 

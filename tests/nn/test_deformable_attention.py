@@ -18,7 +18,7 @@ from scratchvision.nn.deformable_encoder import (
     DeformableEncoderLayer, encoder_reference_points, sine_position_encoding,
 )
 from scratchvision.ops import ms_deform_attn
-from scratchvision.ops.ms_deform_attn.bench_cases import grid_sample_formulation
+from scratchvision.verify.ms_deform_attn import grid_sample_formulation
 
 from layer_checks import check_layer
 from tiers import available_tiers, awkward_layouts

@@ -11,7 +11,8 @@ import pytest
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from scratchvision.nn.check_cases import CHECK_CASES, distinct_values
+from scratchvision.verify.layers import CHECK_CASES
+from scratchvision.verify.max_pool2d import distinct_values
 from scratchvision.nn.multiscale import (ASPP, InceptionBlock, concat_channels,
                                          split_channels)
 from scratchvision.ops import bilinear

@@ -131,7 +131,8 @@ def test_floor_and_ceil_mode_by_hand(tier):
     # in the right padding, so ceil_mode drops it (2 outputs, not 3)
     row = np.array([4.0, 1.0, 7.0]).reshape(1, 1, 1, 3)
     np.testing.assert_array_equal(
-        max_pool2d.forward(row, (1, 2), (1, 2), (0, 1), ceil_mode=True, backend=tier)[0, 0], [[4, 7]])
+        max_pool2d.forward(row, (1, 2), (1, 2), (0, 1), ceil_mode=True, backend=tier)[0, 0],
+        [[4, 7]])
 
 
 @pytest.mark.parametrize("tier", TIERS)
@@ -214,8 +215,8 @@ def test_layouts_empty_batch_and_no_mutation(tier):
     expected_grad = max_pool2d_backward(gy, x, 2, padding=1, backend=tier)
     for layout, view in awkward_layouts(x).items():
         before = view.copy()
-        np.testing.assert_array_equal(max_pool2d.forward(view, 2, padding=1, backend=tier), expected_y,
-                                      err_msg=layout)
+        np.testing.assert_array_equal(max_pool2d.forward(view, 2, padding=1, backend=tier),
+                                      expected_y, err_msg=layout)
         np.testing.assert_array_equal(
             max_pool2d_backward(awkward_layouts(gy)[layout], view, 2, padding=1, backend=tier),
             expected_grad, err_msg=layout)

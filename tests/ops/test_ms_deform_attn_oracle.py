@@ -1,5 +1,5 @@
 """Oracle tests: ``ms_deform_attn`` against Deformable-DETR's pure-PyTorch formulation
-(``F.grid_sample`` per level, ``scratchvision.ops.ms_deform_attn.bench_cases``), forward and the
+(``F.grid_sample`` per level, ``scratchvision.verify.ms_deform_attn``), forward and the
 gradients of value, sampling_locations and attention_weights by torch autograd.
 
 They need torch (the ``oracle`` extra) and skip cleanly without it. They show that the function
@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from scratchvision.ops import ms_deform_attn
-from scratchvision.ops.ms_deform_attn.bench_cases import grid_sample_formulation
+from scratchvision.verify.ms_deform_attn import grid_sample_formulation
 
 from strategies import MSDA_DEFAULT, MSDA_GRID, MSDA_TINY, MSDACase, ms_deform_attn_cases
 from tiers import DTYPES, assert_close, run_on_every_tier
