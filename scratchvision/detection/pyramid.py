@@ -108,9 +108,7 @@ def _dense_maps(maps) -> list[np.ndarray]:
         if m.shape[:2] != maps[0].shape[:2]:
             raise ValueError(f"maps[{i}] must have the batch size and channels (N, K) = "
                              f"{maps[0].shape[:2]} of maps[0], got shape {m.shape}")
-        if m.shape[2] == 0 or m.shape[3] == 0:
-            raise ValueError(f"maps[{i}] must have a non-empty height and width, got shape "
-                             f"{m.shape}")
+        _checks.nonempty_spatial(m, f"maps[{i}]")
     return maps
 
 
@@ -376,9 +374,7 @@ class ImagePyramid:
 
     def _images(self, images) -> np.ndarray:
         images = _checks.float_array(images, "images", ndim=4)
-        if images.shape[2] == 0 or images.shape[3] == 0:
-            raise ValueError(f"images must have a non-empty height and width, got shape "
-                             f"{images.shape}")
+        _checks.nonempty_spatial(images, "images")
         return images
 
     def resize_inputs(self, images) -> list[np.ndarray]:

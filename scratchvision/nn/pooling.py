@@ -82,8 +82,7 @@ class GlobalAvgPool2d(Module):
 
     def forward(self, x) -> np.ndarray:
         x = _checks.float_array(x, "x", ndim=4)
-        if x.shape[2] == 0 or x.shape[3] == 0:
-            raise ValueError(f"x must have a non-empty height and width, got shape {x.shape}")
+        _checks.nonempty_spatial(x, "x")
         self._save_for_backward(x_shape=x.shape, dtype=x.dtype)
         return x.mean(axis=(2, 3), keepdims=True)
 

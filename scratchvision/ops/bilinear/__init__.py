@@ -56,8 +56,7 @@ def _sample_args(image, points):
     points = _checks.float_array(points, "points", min_ndim=2)
     _checks.last_dim(points, "points", 2, "(x, y)")
     _checks.same_size("image", image.shape[0], "points", points.shape[0], "batch size (dim 0)")
-    if image.shape[2] == 0 or image.shape[3] == 0:
-        raise ValueError(f"image must have a non-empty height and width, got shape {image.shape}")
+    _checks.nonempty_spatial(image, "image")
     point_shape = points.shape[1:-1]
     n = points.shape[0]
     # (N, *, 2) -> (N, P, 2) with P = prod(*)
@@ -125,8 +124,7 @@ def _resize_args(x, size, align_corners, mode):
     if mode == "nearest" and align_corners:
         raise ValueError("align_corners=True only applies to mode='bilinear' "
                          "(torch raises the same error for mode='nearest')")
-    if x.shape[2] == 0 or x.shape[3] == 0:
-        raise ValueError(f"x must have a non-empty height and width, got shape {x.shape}")
+    _checks.nonempty_spatial(x, "x")
     return x, out_h, out_w, align_corners
 
 

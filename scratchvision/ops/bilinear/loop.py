@@ -14,41 +14,46 @@ import math
 
 import numpy as np
 
+from .cell import cell_and_weights
+
 
 # ----------------------------------------------------------------------------- sampling
 
-def point_taps(x: float, y: float, height: int, width: int):
+def point_taps(x, y, height: int, width: int):
     """The in-bounds bilinear taps of the point ``(x, y)``.
 
     Returns a list of ``(row, col, w, dw_dx, dw_dy)``: the tap's pixel, its weight and the
-    weight's derivatives with respect to ``x`` and ``y``. Taps outside the image are left out,
-    which is per-tap zero padding (eq. 3).
+    weight's derivatives with respect to ``x`` and ``y``, in the float type of ``x``. Taps
+    outside the image are left out, which is per-tap zero padding (eq. 3).
     """
     taps = []
-    # NOTE: non-finite coordinates contribute nothing and get zero gradient; they must never
-    # reach floor() / int(), which would index memory with garbage.
-    if not (math.isfinite(x) and math.isfinite(y)):
+    # --8<-- [start:reach]
+    # NOTE: a point outside [-1, W) x [-1, H) has no tap inside the image: it contributes
+    # nothing and gets zero gradient. NaN fails every comparison and +-inf fails the range, so
+    # non-finite coordinates leave here too, before floor() / int() could turn them into
+    # garbage indices.
+    if not (-1 <= x < width and -1 <= y < height):
         return taps
-    # eq. (1): the top-left tap and the fractional offsets inside the cell.
-    # NOTE: at an integer coordinate, floor() puts the point at the *left* edge of the cell to
-    # its right, so the derivative returned is the right-hand derivative (the linear piece on
-    # [x0, x0 + 1)). This holds at the borders too: at x = -1 the point still sees tap x1 = 0.
-    x0 = math.floor(x)
-    y0 = math.floor(y)
-    ax = x - x0  # in [0, 1)
-    ay = y - y0
-    # eq. (2): the four weights and their partial derivatives.
-    #   tap          weight               d/dx          d/dy
+    # --8<-- [end:reach]
+    one = type(x)(1)  # 1 in the float type of the coordinates (float32 stays float32)
+    # eqs. (1)-(2): the cell, the offsets in it and the four weights (see cell.py)
+    x0, y0, ax, ay, w00, w01, w10, w11 = cell_and_weights(x, y, one)
+    # --8<-- [start:slopes]
+    # eq. (2): each weight with its partial derivatives.
+    #   tap              weight   d/dx          d/dy
     corners = (
-        (y0, x0, (1 - ax) * (1 - ay), -(1 - ay), -(1 - ax)),
-        (y0, x0 + 1, ax * (1 - ay), (1 - ay), -ax),
-        (y0 + 1, x0, (1 - ax) * ay, -ay, (1 - ax)),
-        (y0 + 1, x0 + 1, ax * ay, ay, ax),
+        (y0, x0, w00, -(one - ay), -(one - ax)),
+        (y0, x0 + 1, w01, (one - ay), -ax),
+        (y0 + 1, x0, w10, -ay, (one - ax)),
+        (y0 + 1, x0 + 1, w11, ay, ax),
     )
+    # --8<-- [end:slopes]
+    # --8<-- [start:padding]
     for row, col, w, dw_dx, dw_dy in corners:
         # eq. (3): a tap outside [0, H) x [0, W) reads zero.
         if 0 <= row < height and 0 <= col < width:
             taps.append((row, col, w, dw_dx, dw_dy))
+    # --8<-- [end:padding]
     return taps
 
 
@@ -57,33 +62,40 @@ def sample(image: np.ndarray, points: np.ndarray) -> np.ndarray:
     n_batch, channels, height, width = image.shape
     n_points = points.shape[1]
     out = np.zeros((n_batch, channels, n_points), dtype=image.dtype)
+    # --8<-- [start:sample]
     for n in range(n_batch):
         for p in range(n_points):
-            x, y = float(points[n, p, 0]), float(points[n, p, 1])
+            x, y = points[n, p]  # in the points' dtype
             for row, col, w, _, _ in point_taps(x, y, height, width):
                 for c in range(channels):
                     out[n, c, p] += w * image[n, c, row, col]  # eq. (4)
+    # --8<-- [end:sample]
     return out
 
 
 def sample_backward(gy: np.ndarray, image: np.ndarray, points: np.ndarray):
-    """grad_image (N, C, H, W) by eq. (5), grad_points (N, P, 2) by eqs. (6) and (7)."""
+    """grad_image (N, C, H, W) by eq. (5), grad_points (N, P, 2) by eqs. (6) and (7).
+
+    ``gy`` (N, C, P) is the upstream gradient; ``grad_x`` and ``grad_y`` are a point's
+    gradients with respect to its coordinates."""
     n_batch, channels, height, width = image.shape
     n_points = points.shape[1]
     grad_image = np.zeros_like(image)
     grad_points = np.zeros_like(points)
+    # --8<-- [start:sample_backward]
     for n in range(n_batch):
         for p in range(n_points):
-            x, y = float(points[n, p, 0]), float(points[n, p, 1])
-            gx = gy_ = 0.0
+            x, y = points[n, p]
+            grad_x = grad_y = 0.0
             for row, col, w, dw_dx, dw_dy in point_taps(x, y, height, width):
                 for c in range(channels):
                     g = gy[n, c, p]
                     grad_image[n, c, row, col] += w * g  # eq. (5): scatter to the tap
-                    gx += g * dw_dx * image[n, c, row, col]  # eq. (6)
-                    gy_ += g * dw_dy * image[n, c, row, col]  # eq. (7)
-            grad_points[n, p, 0] = gx
-            grad_points[n, p, 1] = gy_
+                    grad_x += g * dw_dx * image[n, c, row, col]  # eq. (6)
+                    grad_y += g * dw_dy * image[n, c, row, col]  # eq. (7)
+            grad_points[n, p, 0] = grad_x
+            grad_points[n, p, 1] = grad_y
+    # --8<-- [end:sample_backward]
     return grad_image, grad_points
 
 

@@ -34,6 +34,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
+from . import cell
 from .resize_tables import adjoint_taps, axis_taps
 
 _JIT = {"parallel": True, "cache": True, "fastmath": False}
@@ -105,21 +106,8 @@ def _lane_sum(values, count, zero):
     return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7)) + tail
 
 
-@njit(inline="always")
-def _cell_and_weights(x, y, one):
-    """Eqs. (1)-(2) for one point known to lie in [-1, W) x [-1, H): the padded-image row and
-    column of its top-left tap (floor convention: right-hand derivative at integers; +1 shifts
-    into the zero-bordered image), the fractional offsets ax, ay, and the four weights of the
-    taps (y0, x0), (y0, x1), (y1, x0), (y1, x1), all in the dtype of ``one``."""
-    x0f = np.floor(x)
-    y0f = np.floor(y)
-    ax = x - x0f
-    ay = y - y0f
-    w00 = (one - ax) * (one - ay)
-    w01 = ax * (one - ay)
-    w10 = (one - ax) * ay
-    w11 = ax * ay
-    return np.int64(y0f) + 1, np.int64(x0f) + 1, ax, ay, w00, w01, w10, w11
+#: eqs. (1)-(2), the one step every tier shares (see :mod:`.cell`), compiled and inlined
+cell_and_weights = njit(inline="always")(cell.cell_and_weights)
 
 
 @njit(**_JIT)
@@ -149,7 +137,8 @@ def _sample_kernel(padded, points, out, chunks_per_image, block, tiles, one):
                     for c in range(channels):
                         tile[j, c] = zero
                     continue
-                row, col, ax, ay, w00, w01, w10, w11 = _cell_and_weights(x, y, one)
+                x0, y0, ax, ay, w00, w01, w10, w11 = cell_and_weights(x, y, one)
+                row, col = y0 + 1, x0 + 1  # (y0, x0) in the zero-bordered image
                 # eq. (4): taps outside the image read the zero border (eq. 3)
                 for c in range(channels):
                     tile[j, c] = (w00 * padded[n, row, col, c]
@@ -199,7 +188,8 @@ def _sample_backward_kernel(gy, padded, points, grad_points, buffers, chunks_per
                     grad_points[n, p, 0] = zero
                     grad_points[n, p, 1] = zero
                     continue
-                row, col, ax, ay, w00, w01, w10, w11 = _cell_and_weights(x, y, one)
+                x0, y0, ax, ay, w00, w01, w10, w11 = cell_and_weights(x, y, one)
+                row, col = y0 + 1, x0 + 1  # (y0, x0) in the zero-bordered image
                 # eq. (2): the weights' partial derivatives
                 dx00, dx01, dx10, dx11 = -(one - ay), one - ay, -ay, ay
                 dy00, dy01, dy10, dy11 = -(one - ax), -ax, one - ax, ax

@@ -48,7 +48,13 @@ import numpy as np
 from numba import cuda
 
 from ..cuda_common import launch
+from ..recompile import with_globals
+from . import cell
 from .resize_tables import adjoint_taps, axis_taps
+
+#: eqs. (1)-(2), the one step every tier shares (see :mod:`.cell`), as a device function;
+#: ``floor`` is the GPU's ``math.floor``, which keeps the float type
+cell_and_weights = cuda.jit(device=True)(with_globals(cell.cell_and_weights, floor=math.floor))
 
 # ----------------------------------------------------------------------------- kernels
 
@@ -69,13 +75,6 @@ def _build_kernels(float_type) -> SimpleNamespace:
         """
         return -1.0 <= x < width and -1.0 <= y < height
 
-    @cuda.jit(device=True)
-    def cell_and_offsets(x, y):
-        """eq. (1): the top-left tap ``(x0, y0)`` as int64 and the offsets ``ax, ay`` in [0, 1)."""
-        x0f = math.floor(x)  # same float type as x on the device
-        y0f = math.floor(y)
-        return int(x0f), int(y0f), x - x0f, y - y0f
-
     @cuda.jit
     def sample_kernel(image, points, out):
         """out (N, C, P) = eq. (4); one thread per point ``(n, p)``, looping over channels."""
@@ -90,14 +89,10 @@ def _build_kernels(float_type) -> SimpleNamespace:
                 for c in range(channels):
                     out[n, c, p] = zero
                 continue
-            x0, y0, ax, ay = cell_and_offsets(x, y)
+            # eqs. (1)-(2): the cell and the four weights
+            x0, y0, ax, ay, w00, w01, w10, w11 = cell_and_weights(x, y, one)
             x1 = x0 + 1
             y1 = y0 + 1
-            # eq. (2): the four weights
-            w00 = (one - ax) * (one - ay)
-            w01 = ax * (one - ay)
-            w10 = (one - ax) * ay
-            w11 = ax * ay
             for c in range(channels):
                 acc = zero  # eq. (4), the taps added in loop.py's order
                 # eq. (3): in reach, x0 < W and x1 >= 0 hold, so only x0 >= 0 and x1 < W
@@ -123,10 +118,10 @@ def _build_kernels(float_type) -> SimpleNamespace:
             p = q - n * n_points
             x = points[n, p, 0]
             y = points[n, p, 1]
-            gx = zero
-            gy_ = zero
+            grad_x = zero
+            grad_y = zero
             if in_reach(x, y, height, width):
-                x0, y0, ax, ay = cell_and_offsets(x, y)
+                x0, y0, ax, ay, _, _, _, _ = cell_and_weights(x, y, one)
                 x1 = x0 + 1
                 y1 = y0 + 1
                 for c in range(channels):
@@ -135,22 +130,22 @@ def _build_kernels(float_type) -> SimpleNamespace:
                     # inside the image (eq. 3, as in sample_kernel)
                     if y0 >= 0 and x0 >= 0:
                         v = image[n, c, y0, x0]
-                        gx += g * -(one - ay) * v
-                        gy_ += g * -(one - ax) * v
+                        grad_x += g * -(one - ay) * v
+                        grad_y += g * -(one - ax) * v
                     if y0 >= 0 and x1 < width:
                         v = image[n, c, y0, x1]
-                        gx += g * (one - ay) * v
-                        gy_ += g * -ax * v
+                        grad_x += g * (one - ay) * v
+                        grad_y += g * -ax * v
                     if y1 < height and x0 >= 0:
                         v = image[n, c, y1, x0]
-                        gx += g * -ay * v
-                        gy_ += g * (one - ax) * v
+                        grad_x += g * -ay * v
+                        grad_y += g * (one - ax) * v
                     if y1 < height and x1 < width:
                         v = image[n, c, y1, x1]
-                        gx += g * ay * v
-                        gy_ += g * ax * v
-            grad_points[n, p, 0] = gx  # eq. (6)
-            grad_points[n, p, 1] = gy_  # eq. (7)
+                        grad_x += g * ay * v
+                        grad_y += g * ax * v
+            grad_points[n, p, 0] = grad_x  # eq. (6)
+            grad_points[n, p, 1] = grad_y  # eq. (7)
 
     @cuda.jit
     def grad_image_kernel(gy, points, cell_start, cell_points, grad_image):
@@ -176,12 +171,12 @@ def _build_kernels(float_type) -> SimpleNamespace:
                         p = cell_points[k]
                         x = points[n, p, 0]
                         y = points[n, p, 1]
-                        ax = x - math.floor(x)  # eq. (1)
-                        ay = y - math.floor(y)
-                        # eq. (2): this pixel is the point's left/top tap or its right/bottom one
-                        wx = one - ax if col == x0 else ax
-                        wy = one - ay if row == y0 else ay
-                        w = wx * wy
+                        # eqs. (1)-(2); this pixel is one of the point's four taps
+                        _, _, _, _, w00, w01, w10, w11 = cell_and_weights(x, y, one)
+                        if row == y0:
+                            w = w00 if col == x0 else w01
+                        else:
+                            w = w10 if col == x0 else w11
                         for c in range(channels):
                             grad_image[n, c, row, col] += w * gy[n, c, p]  # eq. (5)
 

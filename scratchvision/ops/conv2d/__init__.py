@@ -51,8 +51,7 @@ def _conv_args(x, weight, bias, stride, padding, dilation, groups):
     x = _checks.float_array(x, "x", ndim=4)
     weight = _checks.float_array(weight, "weight", ndim=4)
     groups, bias = check_weight_and_bias(x, weight, bias, groups)
-    if x.shape[2] == 0 or x.shape[3] == 0:
-        raise ValueError(f"x must have a non-empty height and width, got shape {x.shape}")
+    _checks.nonempty_spatial(x, "x")
     geom = conv_geometry(x.shape[2:], weight.shape[2:], stride, padding, dilation)
     return x, weight, bias, geom, groups
 

@@ -15,8 +15,9 @@ K = kh * kw taps, G offset groups and ``weight_groups`` weight groups: ``x`` (N,
 ``offset`` (N, 2 * G * K, Ho, Wo), ``weight`` (O, C / weight_groups, kh, kw), ``bias`` (O,)
 or None, ``mask`` (N, G * K, Ho, Wo) or None, ``gy`` (N, O, Ho, Wo).
 
-Precision: every sum is accumulated in Python floats (float64) and rounded to the input dtype
-once, when the result is returned.
+Precision: the sampling points and their bilinear weights are formed in the input dtype (the
+rule every tier follows, torchvision's); every sum is accumulated in float64 and rounded to the
+input dtype once, when the result is returned.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from ..conv_geometry import ConvGeometry
 
 
 def sampling_point(offset: np.ndarray, n: int, g: int, i: int, j: int, ho: int, wo: int,
-                   geom: ConvGeometry) -> tuple[float, float]:
+                   geom: ConvGeometry):
     """eq. (1): the point ``(x, y)`` that tap ``(i, j)`` of offset group ``g`` samples for
     output pixel ``(ho, wo)`` of batch element ``n``: its place on the regular grid of an
     ordinary convolution plus its learned offset."""
@@ -37,8 +38,11 @@ def sampling_point(offset: np.ndarray, n: int, g: int, i: int, j: int, ho: int, 
     k = i * kw + j
     # NOTE: the offset layout is (dy, dx) per tap -- channel 2k is the *row* offset -- while a
     # bilinear point is (x, y), column first.
-    dy = float(offset[n, g * 2 * kh * kw + 2 * k, ho, wo])
-    dx = float(offset[n, g * 2 * kh * kw + 2 * k + 1, ho, wo])
+    dy = offset[n, g * 2 * kh * kw + 2 * k, ho, wo]
+    dx = offset[n, g * 2 * kh * kw + 2 * k + 1, ho, wo]
+    # NOTE: the grid position is an exact integer; adding the offset rounds once, in the
+    # offset's dtype, as torchvision does and as every tier does: where float32 rounding lands
+    # on an integer (a kink), every tier takes the same one-sided derivative.
     y = ho * sh - ph + i * dh + dy  # eq. (1): row of p0 + p_k + dp_k
     x = wo * sw - pw + j * dw + dx  # eq. (1): column
     return x, y
@@ -57,7 +61,7 @@ def sample_value(x: np.ndarray, n: int, c: int, taps) -> float:
     ``taps`` come from ``point_taps`` (taps outside the image read zero and are left out)."""
     # NOTE: a non-finite point (a NaN or infinite offset) has no taps at all: it reads zero,
     # and in the backward pass it gets and passes on no gradient.
-    return sum(w * float(x[n, c, row, col]) for row, col, w, _, _ in taps)  # eq. (3)
+    return sum(float(w) * float(x[n, c, row, col]) for row, col, w, _, _ in taps)  # eq. (3)
 
 
 def forward(x: np.ndarray, offset: np.ndarray, weight: np.ndarray, bias, mask,
@@ -139,10 +143,11 @@ def backward(gy: np.ndarray, x: np.ndarray, offset: np.ndarray, weight: np.ndarr
                         # the piece to the right (floor): the right-hand derivative.
                         for row, col, w, dw_dx, dw_dy in taps:
                             pixel = float(x[n, c, row, col])
-                            grad_input[n, c, row, col] += w * g_value  # eq. (9)
+                            grad_input[n, c, row, col] += float(w) * g_value  # eq. (9)
                             # eq. (10): dy is channel 2k, dx is channel 2k + 1
-                            grad_offset[n, dy_channel, ho, wo] += g_value * dw_dy * pixel
-                            grad_offset[n, dy_channel + 1, ho, wo] += g_value * dw_dx * pixel
+                            grad_offset[n, dy_channel, ho, wo] += g_value * float(dw_dy) * pixel
+                            grad_offset[n, dy_channel + 1, ho, wo] += (g_value * float(dw_dx)
+                                                                       * pixel)
     dtype = x.dtype
     return (grad_input.astype(dtype), grad_offset.astype(dtype), grad_weight.astype(dtype),
             grad_bias.astype(dtype) if has_bias else None,

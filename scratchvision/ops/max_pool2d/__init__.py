@@ -113,8 +113,7 @@ def pool_geometry(in_hw, kernel_size, stride=None, padding=0, dilation=1,
 
 def _input(x) -> np.ndarray:
     x = _checks.float_array(x, "x", ndim=4)
-    if x.shape[2] == 0 or x.shape[3] == 0:
-        raise ValueError(f"x must have a non-empty height and width, got shape {x.shape}")
+    _checks.nonempty_spatial(x, "x")
     return x
 
 

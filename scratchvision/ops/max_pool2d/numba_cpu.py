@@ -9,22 +9,18 @@ races, and repeated runs are bit-identical.
 from __future__ import annotations
 
 import functools
-import types
 
 import numba
 import numpy as np
 
+from ..recompile import with_globals
 from . import loop
 
 
 def _compiled(func, parallel: bool, **names):
     """``numba.njit`` of ``func`` with the global ``names`` rebound, e.g. ``prange`` to
-    ``numba.prange``: the loop tier's own code, compiled. The copy keeps ``func``'s module and
-    name, which key numba's on-disk cache (``cache=True``)."""
-    scope = dict(func.__globals__, **names)
-    copy = types.FunctionType(func.__code__, scope, func.__name__, func.__defaults__)
-    copy.__module__, copy.__qualname__ = func.__module__, func.__qualname__
-    return numba.njit(parallel=parallel, cache=True)(copy)
+    ``numba.prange``: the loop tier's own code, compiled."""
+    return numba.njit(parallel=parallel, cache=True)(with_globals(func, **names))
 
 
 @functools.cache

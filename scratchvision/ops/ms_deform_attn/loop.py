@@ -26,12 +26,15 @@ import numpy as np
 from ..bilinear.loop import point_taps
 
 
-def pixel_coordinates(u: float, v: float, height: int, width: int) -> tuple[float, float]:
+def pixel_coordinates(u, v, height: int, width: int):
     """eq. (2): normalised ``(u, v)`` -> pixel ``(x, y)`` on an (H, W) level.
 
     ``u = 0`` is the left edge of pixel 0 and ``u = 1`` the right edge of pixel W - 1, so
     pixel centre x sits at ``u = (x + 0.5) / W`` (``grid_sample(align_corners=False)``).
     """
+    # NOTE: computed in the float type of u and v -- the locations' dtype -- the product, then
+    # the sum, each rounded, as torch does and as every tier does. Where float32 rounding puts
+    # x on an integer (a kink), every tier then takes the same one-sided derivative.
     return u * width - 0.5, v * height - 0.5
 
 
@@ -48,8 +51,8 @@ def forward(value: np.ndarray, spatial_shapes: np.ndarray, level_start_index: np
                     height, width = (int(s) for s in spatial_shapes[level])
                     start = int(level_start_index[level])  # where x^l starts in value
                     for p in range(n_points):  # the paper's k
-                        # phi_l(p_q) + dp_mlqk, normalised
-                        u, v = (float(c) for c in sampling_locations[n, q, m, level, p])
+                        # phi_l(p_q) + dp_mlqk, normalised, in the locations' dtype
+                        u, v = sampling_locations[n, q, m, level, p]
                         x, y = pixel_coordinates(u, v, height, width)  # eq. (2)
                         attn = attention_weights[n, q, m, level, p]  # A_mlqk
                         for row, col, w, _, _ in point_taps(x, y, height, width):
@@ -77,7 +80,7 @@ def backward(gy: np.ndarray, value: np.ndarray, spatial_shapes: np.ndarray,
                     height, width = (int(s) for s in spatial_shapes[level])
                     start = int(level_start_index[level])
                     for p in range(n_points):
-                        u, v = (float(c) for c in sampling_locations[n, q, m, level, p])
+                        u, v = sampling_locations[n, q, m, level, p]
                         x, y = pixel_coordinates(u, v, height, width)  # eq. (2)
                         attn = attention_weights[n, q, m, level, p]
                         g_attn = 0.0  # d loss / d A_mlqk

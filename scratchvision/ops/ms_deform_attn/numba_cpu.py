@@ -49,11 +49,13 @@ every query the same locations (so that every tap is an L1 cache hit) takes abou
 and the rest is the per-point bookkeeping around a channel loop that is only two vector
 iterations long.
 
-Precision: a point's pixel coordinates and bilinear weights are computed in float64 (scalar
-work, as cheap as float32); the products with ``value`` and every sum over channels, points
-and queries run in the input dtype, so float32 stays float32 end to end. Sums run in another
-order than in ``loop.py``, so float64 results agree with it to rounding (1e-10 relative),
-not bit for bit.
+Precision: a point's pixel coordinates (eq. 2) are formed in the input dtype, as in every
+tier (torch's rule: the product, then the sum, each rounded, never fused), and so are its
+bilinear weights, the products with ``value`` and every sum over channels, points and
+queries: float32 stays float32 end to end. Only the few scalar operations that combine a
+point's four channel sums into its gradients (eqs. 4, 6, 7) run in float64 before rounding.
+Sums run in another order than in ``loop.py``, so float64 results agree with it to rounding
+(1e-10 relative), not bit for bit.
 
 Contract: every array C-contiguous in one float dtype (spatial_shapes and level_start_index
 int64), non-empty (N, Lq, M, D, P >= 1); see :mod:`scratchvision.ops.ms_deform_attn`.
@@ -65,7 +67,7 @@ import numba
 import numpy as np
 from numba import njit, prange
 
-from ..bilinear.numba_cpu import _cell_and_weights
+from ..bilinear.numba_cpu import cell_and_weights
 
 _JIT = {"parallel": True, "cache": True, "fastmath": False}
 # the backward's channel sums may be reassociated (see "Reassociated channel sums" above)
@@ -108,32 +110,30 @@ def _sort_points(locations, weights, shapes, starts, n, q, m, cells, scales, fra
         start = starts[level]  # where level l starts in value's S axis
         for p in range(n_points):
             j = level * n_points + p
-            u = np.float64(locations[n, q, m, level, p, 0])
-            v = np.float64(locations[n, q, m, level, p, 1])
-            x = u * width - 0.5  # eq. (2)
-            y = v * height - 0.5
+            u = locations[n, q, m, level, p, 0]  # in the input dtype, as every tier
+            v = locations[n, q, m, level, p, 1]
+            x = u * cast(width) - cast(0.5)  # eq. (2), rounded like torch: product, then sum
+            y = v * cast(height) - cast(0.5)
             # NOTE: outside [-1, W) x [-1, H) every tap is outside the level, and NaN fails
             # every comparison: such a point contributes zero and gets zero gradient. It is
             # moved to (-1, -1) -- no tap inside, so it lands in the spare entry -- before
             # floor() and the int conversion ever see it.
             inside = (x >= -1) & (x < width) & (y >= -1) & (y < height)
-            x = x if inside else -1.0
-            y = y if inside else -1.0
-            # NOTE: floor convention of bilinear's helper: at an integer x the point is the
-            # left edge of the cell to its right, so the location gradient is the right-hand
-            # derivative (as in loop.py).
-            row, col, ax, ay, w00, w01, w10, w11 = _cell_and_weights(x, y, 1.0)
-            y0 = row - 1  # the helper indexes a zero-bordered image: one row / column in
-            x0 = col - 1
+            x = x if inside else cast(-1.0)
+            y = y if inside else cast(-1.0)
+            # NOTE: bilinear's cell step floors: at an integer x the point is the left edge
+            # of the cell to its right, so the location gradient is the right-hand derivative
+            # (as in loop.py).
+            x0, y0, ax, ay, w00, w01, w10, w11 = cell_and_weights(x, y, cast(1.0))
             cells[j, 0] = start + y0 * width + x0
             cells[j, 1] = width
             cells[j, 2] = x0
             cells[j, 3] = y0
-            attn = np.float64(weights[n, q, m, level, p])
-            scales[j, 0] = cast(attn * w00)
-            scales[j, 1] = cast(attn * w01)
-            scales[j, 2] = cast(attn * w10)
-            scales[j, 3] = cast(attn * w11)
+            attn = weights[n, q, m, level, p]
+            scales[j, 0] = attn * w00
+            scales[j, 1] = attn * w01
+            scales[j, 2] = attn * w10
+            scales[j, 3] = attn * w11
             fracs[j, 0] = ax
             fracs[j, 1] = ay
             # eq. (3): all four taps inside the level, or only some
@@ -368,11 +368,11 @@ def _from_heads(grad_heads, buffers, chunks, grad_value):
 
 def _point_buffers(items: int, n_levels: int, n_points: int, dtype):
     """Each work item's buffers for :func:`_sort_points`: cells (items, L*P, 4) int64, scales
-    (items, L*P, 4) dtype, fracs (items, L*P, 2) float64, order (items, L*P + 1) int64."""
+    (items, L*P, 4) and fracs (items, L*P, 2) in dtype, order (items, L*P + 1) int64."""
     n_listed = n_levels * n_points
     return (np.empty((items, n_listed, 4), dtype=np.int64),
             np.empty((items, n_listed, 4), dtype=dtype),
-            np.empty((items, n_listed, 2), dtype=np.float64),
+            np.empty((items, n_listed, 2), dtype=dtype),
             np.empty((items, n_listed + 1), dtype=np.int64))
 
 

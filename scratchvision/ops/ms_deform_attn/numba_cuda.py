@@ -34,18 +34,19 @@ What changes relative to ``loop.py``, and why:
   race-free gather would need the points sorted by tap first, which costs more than the whole
   kernel.) ``out``, ``grad_sampling_locations`` and ``grad_attention_weights`` are written by
   one thread each, in a fixed order: those are bit-reproducible.
-* **The pixel coordinate in float64.** Eq. (2), ``x = u * W_l - 0.5``, and the ``floor`` that
-  picks the cell are computed in float64 whatever the data type, as ``loop.py`` does; only the
-  offsets ``ax, ay`` are then rounded to the data type. For float32 locations ``u * W_l`` is
-  exact in float64, so every tier puts a point in the same cell -- the same one-sided
-  derivative at a kink -- where a float32 product could round a point on a pixel centre to
-  the other side of it. It costs three float64 operations per point, not per channel.
+* **The pixel coordinate in the input dtype, never fused.** Eq. (2), ``x = u * W_l - 0.5``,
+  is computed in the input dtype, as in every tier (torch's rule), with a product that the
+  compiler may not fuse with the subtraction (``fmul_rn`` / ``dmul_rn``): a fused
+  multiply-add rounds once instead of twice and could put a point that rounds onto a pixel
+  centre just left of it, the other one-sided derivative. The cell and the weights are
+  bilinear's :func:`~scratchvision.ops.bilinear.cell.cell_and_weights`, compiled as a device
+  function.
 * **Typed constants.** numba types a bare ``0.0`` as float64 and would promote float32
   arithmetic that touches it, so the kernels are built once per float type
   (:func:`_build_kernels`) with ``zero``/``one`` and shared arrays of that type.
 
 Precision: float64 inputs are computed in float64; float32 inputs are computed and accumulated
-in float32 (weights, products and sums), apart from eq. (2) as said above. Results agree with
+in float32 (coordinates, weights, products and sums). Results agree with
 ``loop.py`` to rounding; ``grad_value`` adds its terms in a different order.
 
 The kernels are compiled lazily, on their first launch for a given argument type. With
@@ -55,7 +56,6 @@ simulator, one Python thread per CUDA thread: correct but slow, so use it on tin
 
 from __future__ import annotations
 
-import math
 from types import SimpleNamespace
 
 import numpy as np
@@ -63,6 +63,7 @@ from numba import config as numba_config
 from numba import cuda
 from numba.cuda import libdevice
 
+from ..bilinear.numba_cuda import cell_and_weights
 from ..cuda_common import MAX_BLOCKS, THREADS_PER_BLOCK
 
 # Sampled points staged in shared memory at a time. Deformable DETR's heads, levels and points
@@ -76,14 +77,16 @@ TAPS = 4
 
 # The GPU compiler fuses ``a * b - c`` into one fused multiply-add, rounded once instead of
 # twice. For eq. (2) that would move ``u * W - 0.5`` off loop.py's value by an ulp, and a point
-# built to sit on a pixel centre could land just left of it (the other one-sided derivative).
-# ``dmul_rn`` is a float64 product that is never fused. The simulator does not implement
-# libdevice, and Python never fuses, so there the plain product is the same thing.
+# that rounds onto a pixel centre could land just left of it (the other one-sided derivative).
+# ``fmul_rn`` / ``dmul_rn`` are float32 / float64 products that are never fused. The simulator
+# does not implement libdevice, and Python never fuses, so there the plain product is the same.
 if numba_config.ENABLE_CUDASIM:
-    def _unfused_product(a, b):
+    def _plain_product(a, b):
         return a * b
+
+    _UNFUSED_PRODUCT = {np.float32: _plain_product, np.float64: _plain_product}
 else:
-    _unfused_product = libdevice.dmul_rn
+    _UNFUSED_PRODUCT = {np.float32: libdevice.fmul_rn, np.float64: libdevice.dmul_rn}
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -92,6 +95,16 @@ def _build_kernels(float_type) -> SimpleNamespace:
     """Compile-on-first-use kernels whose arithmetic stays in ``float_type``."""
     zero = float_type(0.0)
     one = float_type(1.0)
+    half = float_type(0.5)
+    unfused_product = _UNFUSED_PRODUCT[float_type]
+
+    @cuda.jit(device=True)
+    def stage_tap(k, t, start, row, col, w, height, width, tap_row, tap_w):
+        """Tap ``t`` of staged point ``k``: its row of ``value``, or -1 when it lies outside
+        the level (eq. 3 of the bilinear page: it reads zero), and its weight ``w``."""
+        inside = 0 <= row < height and 0 <= col < width
+        tap_row[k, t] = start + row * width + col if inside else -1
+        tap_w[k, t] = w
 
     @cuda.jit(device=True)
     def point_of(j, n_levels, n_points):
@@ -117,11 +130,11 @@ def _build_kernels(float_type) -> SimpleNamespace:
             width = spatial_shapes[level, 1]
             start = level_start_index[level]  # where x^l starts in value
             attn_s[k] = attention_weights[n, q, m, level, p]  # A_mlqk
-            # eq. (2) in float64, as loop.py (see the module docstring)
-            u = float(sampling_locations[n, q, m, level, p, 0])
-            v = float(sampling_locations[n, q, m, level, p, 1])
-            x = _unfused_product(u, float(width)) - 0.5
-            y = _unfused_product(v, float(height)) - 0.5
+            # eq. (2) in the input dtype, as every tier (see the module docstring)
+            u = sampling_locations[n, q, m, level, p, 0]
+            v = sampling_locations[n, q, m, level, p, 1]
+            x = unfused_product(u, float_type(width)) - half
+            y = unfused_product(v, float_type(height)) - half
             # NOTE: a point with no tap inside the level contributes nothing and gets zero
             # gradient. The test is false for NaN and +-inf too, so non-finite coordinates
             # (and finite ones too large for an index) never reach floor() / int().
@@ -132,29 +145,17 @@ def _build_kernels(float_type) -> SimpleNamespace:
                 ax_s[k] = zero
                 ay_s[k] = zero
                 continue
-            # eq. (1) of the bilinear page: the top-left tap and the offsets in [0, 1).
+            # eqs. (1)-(2) of the bilinear page: the cell, the offsets and the four weights.
             # NOTE: at an integer coordinate floor() puts the point at the left edge of the
             # cell to its right: the gradient is the right-hand derivative, as in loop.py.
-            x0f = math.floor(x)
-            y0f = math.floor(y)
-            x0 = np.int64(x0f)
-            y0 = np.int64(y0f)
-            ax = float_type(x - x0f)
-            ay = float_type(y - y0f)
+            x0, y0, ax, ay, w00, w01, w10, w11 = cell_and_weights(x, y, one)
             ax_s[k] = ax
             ay_s[k] = ay
-            for t in range(TAPS):
-                tx = t % 2
-                ty = t // 2
-                # eq. (2) of the bilinear page: w = wx * wy
-                wx = one - ax if tx == 0 else ax
-                wy = one - ay if ty == 0 else ay
-                row = y0 + ty
-                col = x0 + tx
-                # eq. (3) of the bilinear page: a tap outside the level reads zero
-                inside = 0 <= row < height and 0 <= col < width
-                tap_row[k, t] = start + row * width + col if inside else -1
-                tap_w[k, t] = wx * wy
+            # tap t = 2 * ty + tx is pixel (y0 + ty, x0 + tx)
+            stage_tap(k, 0, start, y0, x0, w00, height, width, tap_row, tap_w)
+            stage_tap(k, 1, start, y0, x0 + 1, w01, height, width, tap_row, tap_w)
+            stage_tap(k, 2, start, y0 + 1, x0, w10, height, width, tap_row, tap_w)
+            stage_tap(k, 3, start, y0 + 1, x0 + 1, w11, height, width, tap_row, tap_w)
 
     @cuda.jit(device=True)
     def tap_slopes(t, ax, ay):
