@@ -101,6 +101,7 @@ def sample_backward(gy: np.ndarray, image: np.ndarray, points: np.ndarray):
 
 # ----------------------------------------------------------------------------- resizing
 
+# --8<-- [start:source_coordinate]
 def source_coordinate(dst: int, in_size: int, out_size: int, align_corners: bool) -> float:
     """eq. (8): the input coordinate that output index ``dst`` reads, as torch defines it."""
     if align_corners:
@@ -112,8 +113,10 @@ def source_coordinate(dst: int, in_size: int, out_size: int, align_corners: bool
     # NOTE: torch clamps negative source coordinates to 0 (the first half output pixel reads
     # the first input pixel); the clamp is flat, so no gradient flows through coordinates.
     return max(src, 0.0)
+# --8<-- [end:source_coordinate]
 
 
+# --8<-- [start:linear_taps]
 def linear_taps(dst: int, in_size: int, out_size: int, align_corners: bool):
     """eq. (9): the two input indices and weights ``(i0, i1, l0, l1)`` of output index ``dst``."""
     src = source_coordinate(dst, in_size, out_size, align_corners)
@@ -123,8 +126,10 @@ def linear_taps(dst: int, in_size: int, out_size: int, align_corners: bool):
     i1 = i0 + 1 if i0 < in_size - 1 else i0
     l1 = src - i0
     return i0, i1, 1.0 - l1, l1
+# --8<-- [end:linear_taps]
 
 
+# --8<-- [start:nearest_index]
 def nearest_index(dst: int, in_size: int, out_size: int) -> int:
     """eq. (10): torch's ``mode="nearest"`` index, ``floor(dst * in / out)``.
 
@@ -133,8 +138,10 @@ def nearest_index(dst: int, in_size: int, out_size: int) -> int:
     """
     scale = np.float32(in_size) / np.float32(out_size)
     return min(int(math.floor(np.float32(dst) * scale)), in_size - 1)
+# --8<-- [end:nearest_index]
 
 
+# --8<-- [start:resize]
 def resize(x: np.ndarray, out_h: int, out_w: int, align_corners: bool, mode: str) -> np.ndarray:
     """out (N, C, Ho, Wo) from x (N, C, H, W): eq. (11) for bilinear, eq. (10) for nearest."""
     n_batch, channels, height, width = x.shape
@@ -155,8 +162,10 @@ def resize(x: np.ndarray, out_h: int, out_w: int, align_corners: bool, mode: str
                     bottom = lx0 * x[n, c, y1, x0] + lx1 * x[n, c, y1, x1]
                     out[n, c, oy, ox] = ly0 * top + ly1 * bottom
     return out
+# --8<-- [end:resize]
 
 
+# --8<-- [start:resize_backward]
 def resize_backward(gy: np.ndarray, height: int, width: int, align_corners: bool,
                     mode: str) -> np.ndarray:
     """grad_input (N, C, H, W) from gy (N, C, Ho, Wo): eq. (12), each output pixel gives its
@@ -181,3 +190,4 @@ def resize_backward(gy: np.ndarray, height: int, width: int, align_corners: bool
                     grad[n, c, y1, x0] += ly1 * lx0 * g
                     grad[n, c, y1, x1] += ly1 * lx1 * g
     return grad
+# --8<-- [end:resize_backward]

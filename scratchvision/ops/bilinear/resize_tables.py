@@ -60,6 +60,7 @@ def axis_taps(in_size: int, out_size: int, align_corners: bool, mode: str) -> Ax
     return AxisTaps(np.stack([i0, i1], axis=1), np.stack([1.0 - l1, l1], axis=1))
 
 
+# --8<-- [start:adjoint_taps]
 def adjoint_taps(taps: AxisTaps, in_size: int) -> AdjointTaps:
     """Transpose the tap table into CSR rows of ``A^T`` (one row per input index)."""
     out_size = taps.index.shape[0]
@@ -72,3 +73,4 @@ def adjoint_taps(taps: AxisTaps, in_size: int) -> AdjointTaps:
     indptr = np.zeros(in_size + 1, dtype=np.int64)
     np.cumsum(np.bincount(in_index, minlength=in_size), out=indptr[1:])
     return AdjointTaps(indptr, out_index[order].astype(np.int64), weight[order])
+# --8<-- [end:adjoint_taps]

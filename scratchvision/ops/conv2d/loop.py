@@ -17,10 +17,12 @@ import numpy as np
 from ..conv_geometry import ConvGeometry
 
 
+# --8<-- [start:tap_position]
 def tap_position(out_index: int, tap: int, stride: int, padding: int, dilation: int) -> int:
     """eq. (2): the input row (or column) that kernel tap ``tap`` of output row (or column)
     ``out_index`` reads. It may lie in the padding: < 0, or >= the input size."""
     return out_index * stride - padding + tap * dilation
+# --8<-- [end:tap_position]
 
 
 def forward(x: np.ndarray, weight: np.ndarray, bias, geom: ConvGeometry,
@@ -32,6 +34,7 @@ def forward(x: np.ndarray, weight: np.ndarray, bias, geom: ConvGeometry,
     (sh, sw), (ph, pw), (dh, dw) = geom.stride, geom.padding, geom.dilation
     out_h, out_w = geom.out
     y = np.zeros((n_batch, c_out, out_h, out_w), dtype=x.dtype)
+    # --8<-- [start:forward]
     for n in range(n_batch):
         for o in range(c_out):
             g = o // out_per_group  # the group of output channel o
@@ -44,11 +47,14 @@ def forward(x: np.ndarray, weight: np.ndarray, bias, geom: ConvGeometry,
                             r = tap_position(ho, i, sh, ph, dh)  # eq. (2)
                             for j in range(kw):
                                 q = tap_position(wo, j, sw, pw, dw)
+                                # --8<-- [start:padding]
                                 # NOTE: eq. (3), padding reads zero: a tap in the padding adds
                                 # nothing, so it is skipped and never indexes x.
                                 if 0 <= r < height and 0 <= q < width:
                                     total += weight[o, cg, i, j] * x[n, c, r, q]  # eq. (4)
+                                # --8<-- [end:padding]
                     y[n, o, ho, wo] = total
+    # --8<-- [end:forward]
     return y
 
 
@@ -69,6 +75,7 @@ def backward(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, has_bias: bool,
     grad_input = np.zeros_like(x)
     grad_weight = np.zeros_like(weight)
     grad_bias = np.zeros(c_out, dtype=gy.dtype) if has_bias else None
+    # --8<-- [start:backward]
     for n in range(n_batch):
         for o in range(c_out):
             g = o // out_per_group
@@ -88,4 +95,5 @@ def backward(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, has_bias: bool,
                                 if 0 <= r < height and 0 <= q < width:
                                     grad_weight[o, cg, i, j] += g_out * x[n, c, r, q]  # eq. (7)
                                     grad_input[n, c, r, q] += g_out * weight[o, cg, i, j]  # eq. (8)
+    # --8<-- [end:backward]
     return grad_input, grad_weight, grad_bias

@@ -30,6 +30,7 @@ def _padded(x: np.ndarray, padding) -> np.ndarray:
     return np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
 
 
+# --8<-- [start:columns]
 def _columns(x: np.ndarray, geom: ConvGeometry, groups: int) -> np.ndarray:
     """eq. (5): the im2col matrix of every image and group.
 
@@ -54,6 +55,7 @@ def _columns(x: np.ndarray, geom: ConvGeometry, groups: int) -> np.ndarray:
     )
     # (N, G, C_in/G, kh, kw, Ho, Wo) -> (N, G, C_in/G * kh * kw, Ho * Wo): the copy
     return patches.reshape(n_batch, groups, in_per_group * kh * kw, out_h * out_w)
+# --8<-- [end:columns]
 
 
 def _grouped_weight(weight: np.ndarray, groups: int) -> np.ndarray:

@@ -33,6 +33,7 @@ def sampling_point(offset: np.ndarray, n: int, g: int, i: int, j: int, ho: int, 
     """eq. (1): the point ``(x, y)`` that tap ``(i, j)`` of offset group ``g`` samples for
     output pixel ``(ho, wo)`` of batch element ``n``: its place on the regular grid of an
     ordinary convolution plus its learned offset."""
+    # --8<-- [start:sampling_point]
     kh, kw = geom.kernel
     (sh, sw), (ph, pw), (dh, dw) = geom.stride, geom.padding, geom.dilation
     k = i * kw + j
@@ -46,22 +47,27 @@ def sampling_point(offset: np.ndarray, n: int, g: int, i: int, j: int, ho: int, 
     y = ho * sh - ph + i * dh + dy  # eq. (1): row of p0 + p_k + dp_k
     x = wo * sw - pw + j * dw + dx  # eq. (1): column
     return x, y
+    # --8<-- [end:sampling_point]
 
 
 def modulation(mask, n: int, g: int, k: int, ho: int, wo: int, n_taps: int) -> float:
     """eq. (2): the mask ``m_k`` of tap ``k`` in offset group ``g`` at output pixel
     ``(ho, wo)``, channel ``g * K + k``; 1 everywhere for DCNv1 (``mask`` None)."""
+    # --8<-- [start:modulation]
     if mask is None:
         return 1.0
     return float(mask[n, g * n_taps + k, ho, wo])  # eq. (2)
+    # --8<-- [end:modulation]
 
 
 def sample_value(x: np.ndarray, n: int, c: int, taps) -> float:
     """eq. (3): ``X_c(p)``, channel ``c`` of ``x`` sampled bilinearly at a point whose in-bounds
     ``taps`` come from ``point_taps`` (taps outside the image read zero and are left out)."""
+    # --8<-- [start:sample_value]
     # NOTE: a non-finite point (a NaN or infinite offset) has no taps at all: it reads zero,
     # and in the backward pass it gets and passes on no gradient.
     return sum(float(w) * float(x[n, c, row, col]) for row, col, w, _, _ in taps)  # eq. (3)
+    # --8<-- [end:sample_value]
 
 
 def forward(x: np.ndarray, offset: np.ndarray, weight: np.ndarray, bias, mask,
@@ -74,6 +80,7 @@ def forward(x: np.ndarray, offset: np.ndarray, weight: np.ndarray, bias, mask,
     outs_per_weight_group = out_channels // weight_groups
     channels_per_offset_group = channels // offset_groups
     out = np.zeros((n_batch, out_channels, out_h, out_w))
+    # --8<-- [start:forward]
     for n in range(n_batch):
         for o in range(out_channels):
             # output channel o reads the input channels of its weight group only
@@ -91,6 +98,7 @@ def forward(x: np.ndarray, offset: np.ndarray, weight: np.ndarray, bias, mask,
                         # eq. (4): w_k * m_k * X(p0 + p_k + dp_k)
                         total += float(weight[o, c_in_group, i, j]) * m * value
                 out[n, o, ho, wo] = total
+    # --8<-- [end:forward]
     return out.astype(x.dtype)
 
 
@@ -116,6 +124,7 @@ def backward(gy: np.ndarray, x: np.ndarray, offset: np.ndarray, weight: np.ndarr
     grad_weight = np.zeros(weight.shape)
     grad_bias = np.zeros(out_channels)
     grad_mask = np.zeros(offset.shape[:1] + (offset_groups * n_taps,) + offset.shape[2:])
+    # --8<-- [start:backward]
     for n in range(n_batch):
         for o in range(out_channels):
             first_channel = (o // outs_per_weight_group) * group_channels
@@ -148,6 +157,7 @@ def backward(gy: np.ndarray, x: np.ndarray, offset: np.ndarray, weight: np.ndarr
                             grad_offset[n, dy_channel, ho, wo] += g_value * float(dw_dy) * pixel
                             grad_offset[n, dy_channel + 1, ho, wo] += (g_value * float(dw_dx)
                                                                        * pixel)
+    # --8<-- [end:backward]
     dtype = x.dtype
     return (grad_input.astype(dtype), grad_offset.astype(dtype), grad_weight.astype(dtype),
             grad_bias.astype(dtype) if has_bias else None,

@@ -26,6 +26,7 @@ import numpy as np
 from ..bilinear.loop import point_taps
 
 
+# --8<-- [start:pixel_coordinates]
 def pixel_coordinates(u, v, height: int, width: int):
     """eq. (2): normalised ``(u, v)`` -> pixel ``(x, y)`` on an (H, W) level.
 
@@ -36,6 +37,7 @@ def pixel_coordinates(u, v, height: int, width: int):
     # the sum, each rounded, as torch does and as every tier does. Where float32 rounding puts
     # x on an integer (a kink), every tier then takes the same one-sided derivative.
     return u * width - 0.5, v * height - 0.5
+# --8<-- [end:pixel_coordinates]
 
 
 def forward(value: np.ndarray, spatial_shapes: np.ndarray, level_start_index: np.ndarray,
@@ -44,6 +46,7 @@ def forward(value: np.ndarray, spatial_shapes: np.ndarray, level_start_index: np
     n_batch, _, n_heads, head_dim = value.shape
     _, n_queries, _, n_levels, n_points, _ = sampling_locations.shape
     out = np.zeros((n_batch, n_queries, n_heads * head_dim), dtype=value.dtype)
+    # --8<-- [start:forward]
     for n in range(n_batch):
         for q in range(n_queries):  # the query z_q
             for m in range(n_heads):  # head m
@@ -60,6 +63,7 @@ def forward(value: np.ndarray, spatial_shapes: np.ndarray, level_start_index: np
                             for d in range(head_dim):
                                 # eq. (3): A_mlqk * w_tap * (W'_m x^l)[tap, d]
                                 out[n, q, m * head_dim + d] += attn * w * value[n, s, m, d]
+    # --8<-- [end:forward]
     return out
 
 
@@ -73,6 +77,7 @@ def backward(gy: np.ndarray, value: np.ndarray, spatial_shapes: np.ndarray,
     grad_value = np.zeros_like(value)
     grad_locations = np.zeros_like(sampling_locations)
     grad_weights = np.zeros_like(attention_weights)
+    # --8<-- [start:backward]
     for n in range(n_batch):
         for q in range(n_queries):
             for m in range(n_heads):
@@ -99,4 +104,5 @@ def backward(gy: np.ndarray, value: np.ndarray, spatial_shapes: np.ndarray,
                         # eq. (7): chain rule through eq. (2), dx/du = W_l, dy/dv = H_l
                         grad_locations[n, q, m, level, p, 0] = g_x * width
                         grad_locations[n, q, m, level, p, 1] = g_y * height
+    # --8<-- [end:backward]
     return grad_value, grad_locations, grad_weights
