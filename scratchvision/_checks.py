@@ -4,7 +4,7 @@ Every message names the argument, says what was given and what was expected, so 
 who passes ``points`` of shape (2, 5, 3) reads "points must have a last dimension of size 2
 (x, y), got shape (2, 5, 3)" rather than an IndexError from deep inside a kernel.
 
-Dtype policy (DESIGN.md section 2): float32 and float64 are the supported dtypes. Arrays that
+Dtype policy (the design page, docs/design.md): float32 and float64 are the supported dtypes. Arrays that
 meet in one operator are brought to their common float type (float32 only if all are float32),
 so float32 in gives float32 out. Integer, boolean and complex arrays raise ``TypeError``:
 silently turning pixel indices into floats hides bugs. Inputs are never modified; a

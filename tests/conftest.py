@@ -5,7 +5,7 @@
   top of the first file pytest imports. ``scratchvision._dispatch`` is safe to import first: it
   does not import numba.
 * Plots go to the non-interactive Agg backend (tutorials are executed by the suite).
-* Hypothesis profiles (DESIGN.md section 4), chosen with ``SCRATCHVISION_HYPOTHESIS_PROFILE``:
+* Hypothesis profiles (docs/design.md, tests), chosen with ``SCRATCHVISION_HYPOTHESIS_PROFILE``:
 
   ========  ==========================================================================
   ci        the default: derandomized (the same examples on every run), few examples

@@ -28,7 +28,7 @@ REFERENCE = "loop"
 #: the two dtypes every op supports; float32 in gives float32 out
 DTYPES = (np.float64, np.float32)
 
-#: float64 tiers agree with the loop tier to 1e-10 relative (DESIGN.md section 2).
+#: float64 tiers agree with the loop tier to 1e-10 relative (docs/design.md, the op contract).
 FLOAT64_RTOL = 1e-10
 #: float32: the unit roundoff is 2**-24 ~ 6e-8 and every entry in these tests is a sum of at
 #: most ~50 products of 2-4 rounded factors (4 taps x 12 points, or 4 taps x 3 channels), so
@@ -133,7 +133,7 @@ def assert_each_tier_equal(results: dict, expected) -> None:
 
 def awkward_layouts(array: np.ndarray) -> dict[str, np.ndarray]:
     """Views of ``array`` (ndim >= 2) that equal it but are not plain C-contiguous arrays:
-    the layouts that "just work" (DESIGN.md section 4) and must never be written to."""
+    the layouts that "just work" (docs/design.md, tests) and must never be written to."""
     readonly = array.copy()
     readonly.flags.writeable = False
     return {

@@ -1,5 +1,5 @@
 """Bad input to ``bilinear``: one test per rule, asserting the error type and that the message
-names the offending argument (DESIGN.md section 4)."""
+names the offending argument (docs/design.md, tests)."""
 
 from __future__ import annotations
 

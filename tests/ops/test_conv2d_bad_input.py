@@ -1,5 +1,5 @@
 """Bad input to ``conv2d``: one test per rule, asserting the error type and that the message
-names the offending argument (DESIGN.md section 4). Every rule is checked on both the forward
+names the offending argument (docs/design.md, tests). Every rule is checked on both the forward
 and the backward, which validate the same way."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Bad input to ``deform_conv2d``: one test per rule, for ``forward`` and ``backward`` alike,
-asserting the error type and that the message names the offending argument (DESIGN.md
-section 4)."""
+asserting the error type and that the message names the offending argument (docs/design.md,
+tests)."""
 
 from __future__ import annotations
 

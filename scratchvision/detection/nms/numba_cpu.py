@@ -12,7 +12,7 @@ What changes relative to the loop tier, and why:
   several boxes per instruction, which is faster than skipping the work. The inner index is
   unsigned (``uint64``) for the same reason: numba then drops its negative-index wraparound
   select, which otherwise hides from LLVM that ``suppressed[j]`` is read and written at the
-  same place. (Together: about 10x on 10k boxes, measured on an AVX2 CPU.)
+  same place. (The benchmark, ``scratchvision bench nms``, shows what the two buy together.)
 * **Sequential, on purpose.** ``parallel=True`` would not pay: the outer loop is a chain of
   decisions (box i is kept only if no box kept before it overlaps it), and splitting the
   inner loop over threads costs a parallel region per kept box -- thousands of regions of a

@@ -8,7 +8,7 @@ dispatch to one of four tiers that all compute the same function:
 * ``numba`` -- :mod:`scratchvision.ops.bilinear.numba_cpu`, parallel CPU kernels;
 * ``cuda``  -- :mod:`scratchvision.ops.bilinear.numba_cuda`, GPU kernels (or the simulator).
 
-Conventions (DESIGN.md section 3): a point is ``(x, y)`` in pixel units, integer ``(x, y)`` is
+Conventions (the design page, docs/design.md): a point is ``(x, y)`` in pixel units, integer ``(x, y)`` is
 the centre of pixel ``[y, x]``; each of the four bilinear taps that falls outside the image
 contributes zero (as ``grid_sample(align_corners=True, padding_mode="zeros")``); non-finite
 points contribute zero and receive zero gradient. ``resize`` matches

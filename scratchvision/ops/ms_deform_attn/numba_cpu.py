@@ -2,7 +2,8 @@
 
 Names (value, attn, level, u, v, x, y, x0, y0, ax, ay, w) and equation numbers follow
 ``loop.py`` and ``docs/derivations/ms_deform_attn.md``. What changes relative to the loop tier,
-and why (timings: the half-scale benchmark case, float32, on the 2-core development machine):
+and why (each choice was measured against its alternative on the half-scale benchmark case;
+the numbers are in the README's benchmark notes, not here, since they belong to one machine):
 
 * **Fused per query, sorted per head.** The level and point loops of one (query, head) run as
   one stream of L * P points. :func:`_sort_points` first resolves all of them -- eq. (2), the
@@ -11,14 +12,14 @@ and why (timings: the half-scale benchmark case, float32, on the 2-core developm
   their level (almost all of them) and points at the border. A point of the first group is
   then one pass over the D channels with its four taps and no bounds check; only the border
   group checks its taps one by one (eq. 3). Points with no tap inside (outside
-  [-1, W) x [-1, H), or non-finite) are dropped *before* any float -> int conversion. For
-  the backward this measured 1.5x faster than deciding point by point as it goes.
+  [-1, W) x [-1, H), or non-finite) are dropped *before* any float -> int conversion. The
+  backward is faster so than deciding point by point as it goes: no branch to mispredict.
 * **A head-major copy of value.** ``value`` (N, S, M, D) is copied to (N, M, S, D) (one
-  pass, about 1 ms): a head's (S, D) slab is then contiguous, a tap reads D contiguous values
+  pass over memory): a head's (S, D) slab is then contiguous, a tap reads D contiguous values
   (a vectorised channel loop) and the tap one column to its right is the next D values. The
-  copy pays for itself: about 13% off the forward and 15% off the backward, copies included.
-  The forward still visits queries in their own order with all heads of a query together:
-  a query's heads sample around the same reference point (one head at a time measured 50%
+  copy pays for itself, in the forward and the backward alike. The forward still visits
+  queries in their own order with all heads of a query together: a query's heads sample
+  around the same reference point, so their taps share cache lines (one head at a time is
   slower).
 * **Backward partitioned by head, race-free.** Head m of batch element n only ever reads
   ``value[n, :, m, :]`` and writes ``grad_value[n, :, m, :]``. The backward is one pass over
@@ -32,22 +33,20 @@ and why (timings: the half-scale benchmark case, float32, on the 2-core developm
   (N * M < threads), each head is cut into as many query ranges as it takes to give every
   thread work. There is no divisibility rule: ranges differ by at most one query. The
   alternative -- ranges of queries over all heads, each with a buffer the size of grad_value
-  -- is faster on one thread but measured 20-45% slower on two: it pays for zeroing and
-  summing those buffers, and each thread needs all of value and of its buffer in cache
-  instead of a few heads' slabs.
+  -- is faster on one thread but slower on two: it pays for zeroing and summing those
+  buffers, and each thread needs all of value and of its buffer in cache instead of a few
+  heads' slabs.
 * **Reassociated channel sums in the backward.** Eqs. (4) and (6) need, per tap, the sum over
   channels ``gy[n, q, m, :] . value[n, m, tap, :]``. Without permission to reassociate, LLVM
   must add the D products one after the other and cannot vectorise the sum; the backward
   kernel is compiled with ``fastmath={"reassoc"}`` (no other fast-math flag: NaN and infinity
   keep their meaning), so each sum runs as vector-wide partial sums. The order of those
   additions is fixed when the kernel is compiled, so results are still reproducible from run
-  to run. It takes about 30% off the backward kernel's time.
+  to run.
 
-Where the time goes: on one thread the forward spends about 27 ns per sampled point. A point
-reads four rows of D = 32 float32 values -- eight cache lines -- at scattered places; giving
-every query the same locations (so that every tap is an L1 cache hit) takes about 40% off,
-and the rest is the per-point bookkeeping around a channel loop that is only two vector
-iterations long.
+Where the time goes: a point reads four rows of D = 32 float32 values -- eight cache lines --
+at scattered places, so most of the forward's time is cache misses; the rest is the per-point
+bookkeeping around a channel loop that is only two vector iterations long.
 
 Precision: a point's pixel coordinates (eq. 2) are formed in the input dtype, as in every
 tier (torch's rule: the product, then the sum, each rounded, never fused), and so are its

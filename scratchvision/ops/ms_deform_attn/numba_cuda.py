@@ -29,7 +29,7 @@ What changes relative to ``loop.py``, and why:
   same tap (eq. 5), so the channel threads of different blocks add into the same
   ``grad_value`` entries, with ``cuda.atomic.add`` (hardware float32 and float64 atomics).
   The sum is exact up to rounding, but the *order* of the additions depends on thread timing:
-  on a GPU ``grad_value`` may differ in the last bits from run to run. (DESIGN.md asks
+  on a GPU ``grad_value`` may differ in the last bits from run to run. (The design page asks
   bit-identical runs of the numba CPU tier, which gets them from per-thread buffers; here a
   race-free gather would need the points sorted by tap first, which costs more than the whole
   kernel.) ``out``, ``grad_sampling_locations`` and ``grad_attention_weights`` are written by
