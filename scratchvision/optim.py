@@ -24,13 +24,14 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from . import _checks
 from .nn.module import Parameter
 
 __all__ = ["Optimizer", "SGD", "Adam"]
 
 
 def _non_negative(value, name: str) -> float:
-    value = float(value)
+    value = _checks.real_number(value, name)
     if not value >= 0.0:  # also rejects NaN
         raise ValueError(f"{name} must be >= 0, got {value}")
     return value
