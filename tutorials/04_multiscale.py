@@ -32,8 +32,9 @@
 # checking a backward of your own: the nearest upsampling of the FPN's top-down path.
 #
 # The strategy pages of the docs (`docs/strategies/*.md`) derive what is computed here: the
-# receptive field formula, the gradients of max pooling, concatenation and nearest
-# upsampling, the anchor count and the IoU coverage argument.
+# receptive field formula, the gradients of concatenation and nearest upsampling, the anchor
+# count and the IoU coverage argument; max pooling, an op of its own, is derived on
+# `docs/derivations/max_pool2d.md`.
 #
 # Run this file as a script (`python tutorials/04_multiscale.py`) or open it as a notebook
 # (`jupytext --to ipynb tutorials/04_multiscale.py`).
@@ -413,8 +414,12 @@ show(fig, "aspp_taps")
 #
 # ### Gridding
 #
-# Stack two 3x3 convolutions of rate 2 and the taps never touch the odd offsets: the output
-# sees one pixel in four of its field. Rates (1, 2, 3) leave no hole (the rule on the
+# Stack two 3x3 convolutions of rate 2 and the taps never touch the odd offsets. The field is
+# 9 x 9 (offsets -4 to 4 per axis), and the output sees only the offsets -4, -2, 0, 2 and 4:
+# 5 of 9 per axis, 25 of the 81 pixels, 31 % (the figure's title). That is more than one in
+# four, `1 / g^2` for the rates' common factor `g = 2`, which only deep stacks approach: with
+# rates summing to `T`, a stack sees at most `(2T / g + 1)^2` of its `(2T + 1)^2` pixels (the
+# dilation page, section "Gridding"). Rates (1, 2, 3) leave no hole (the rule on the
 # dilation page: each rate at most `2 S + 1`, where `S` is the sum of the rates before it);
 # rates (1, 2, 9) break it (9 > 2 * 3 + 1) and miss the offsets 4 and 5 in each direction.
 # The pattern is again a backward pass: one-hot gradient at the output, then each layer's

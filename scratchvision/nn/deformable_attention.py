@@ -22,7 +22,10 @@ symbol             here
 
 There is no autograd: :meth:`MSDeformAttn.backward` runs these steps in reverse, each with its
 own hand-written backward (the op's, ``Linear.backward``, ``softmax_backward``) and the two
-small maps written out here (the reference-point mapping and the padding mask).
+small maps written out here (the reference-point mapping and the padding mask). Equation
+numbers (8) to (11) in the comments refer to ``docs/derivations/ms_deform_attn.md``, which
+derives the module's backward: the softmax (8), the locations from the reference points and
+offsets (9), and the gradients of the offsets (10) and of the reference points (11).
 """
 
 from __future__ import annotations
@@ -186,13 +189,15 @@ class MSDeformAttn(Module):
         * boxes ``(cx, cy, w, h)``: ``(cx, cy) + offset / P * (w, h) / 2``, so the offsets of
           the grid-like initialisation (up to P steps) reach the box's border.
         """
+        # --8<-- [start:locations]
         # (N, Lq, L, 2 or 4) -> (N, Lq, 1, L, 1, 2 or 4): broadcast over heads and points
         ref = ref[:, :, None, :, None, :]
         if ref.shape[-1] == 2:
             # (L, 2) (H, W) -> (W, H) per level, as (1, 1, 1, L, 1, 2)
             size = spatial_shapes[:, ::-1].astype(offsets.dtype)[None, None, None, :, None, :]
-            return ref + offsets / size
-        return ref[..., :2] + offsets / self.n_points * ref[..., 2:] * 0.5
+            return ref + offsets / size  # eq. (9), points
+        return ref[..., :2] + offsets / self.n_points * ref[..., 2:] * 0.5  # eq. (9), boxes
+        # --8<-- [end:locations]
 
     def sampling_locations_and_weights(self, query, reference_points, input_spatial_shapes):
         """Where each query looks and how much each point counts, for plotting and probing.
@@ -283,10 +288,13 @@ class MSDeformAttn(Module):
             g_value = np.where(saved["mask"][..., None], g_value.dtype.type(0), g_value)
         grad_input_flatten = self.value_proj.backward(g_value)
 
-        # attention: (N, Lq, M, L, P) -> (N, Lq, M, L*P), through the softmax, -> (N, Lq, M*L*P)
+        # --8<-- [start:softmax_backward]
+        # attention: (N, Lq, M, L, P) -> (N, Lq, M, L*P), through the softmax (eq. 8),
+        # -> (N, Lq, M*L*P)
         g_logits = softmax_backward(g_attn.reshape(attention.shape), attention, axis=-1)
         grad_query = self.attention_weights.backward(g_logits.reshape(n_batch, n_queries,
                                                                       n_samples))
+        # --8<-- [end:softmax_backward]
 
         g_offsets, grad_ref = self._locations_backward(g_locations, offsets, saved["ref"],
                                                        saved["shapes"])
@@ -299,16 +307,19 @@ class MSDeformAttn(Module):
         """Chain rule through :meth:`_locations`: the gradient of the locations
         (N, Lq, M, L, P, 2) -> (that of the offsets (N, Lq, M, L, P, 2), that of the reference
         points (N, Lq, L, 2 or 4)), given the reference points ``ref`` (N, Lq, L, 2 or 4)."""
+        # --8<-- [start:locations_backward]
         if ref.shape[-1] == 2:
             size = spatial_shapes[:, ::-1].astype(offsets.dtype)[None, None, None, :, None, :]
-            g_offsets = g_locations / size
+            g_offsets = g_locations / size  # eq. (10), points
             g_ref = g_locations  # d location / d ref = 1 for every head and point
         else:
             # (N, Lq, L, 2) -> (N, Lq, 1, L, 1, 2): broadcast over heads and points
             half_wh = ref[:, :, None, :, None, 2:] * 0.5
-            g_offsets = g_locations * half_wh / self.n_points
+            g_offsets = g_locations * half_wh / self.n_points  # eq. (10), boxes
             g_wh = g_locations * offsets / self.n_points * 0.5  # d location / d (w, h)
             # (N, Lq, M, L, P, 2) + (N, Lq, M, L, P, 2) -> (N, Lq, M, L, P, 4)
             g_ref = np.concatenate([g_locations, g_wh], axis=-1)
-        # every head and point read the same reference point: (N, Lq, M, L, P, k) -> (N, Lq, L, k)
+        # eq. (11): every head and point of a level read that level's reference point:
+        # (N, Lq, M, L, P, k) -> (N, Lq, L, k), summed over heads and points, not levels
         return g_offsets, g_ref.sum(axis=(2, 4))
+        # --8<-- [end:locations_backward]

@@ -16,7 +16,8 @@ operation, channel concatenation. Its backward is the inverse bookkeeping::
 
 (concatenation is a permutation of its inputs' entries, so its Jacobian just routes each
 gradient entry back to where the value came from; the sum in (3) is the multivariate chain rule
-for an input used by several branches).
+for an input used by several branches). Equations (1) to (3) carry the same numbers on the docs
+page ``strategies/multi_kernel.md``, which derives them.
 """
 
 from __future__ import annotations

@@ -152,7 +152,7 @@ def test_gradient_goes_to_the_first_of_tied_maxima_and_adds_up(tier):
 
 @pytest.mark.parametrize("tier", TIERS)
 def test_constant_input_sends_each_gradient_to_the_top_left_of_its_window(tier):
-    """The tie example of docs/strategies/multi_kernel.md: a constant 4x4 input, 3x3 windows,
+    """The tie example of docs/derivations/max_pool2d.md: a constant 4x4 input, 3x3 windows,
     stride 1, padding 1, gradient 1 everywhere; each window's first in-bounds tap wins."""
     x = np.ones((1, 1, 4, 4))
     grad = max_pool2d_backward(np.ones((1, 1, 4, 4)), x, 3, 1, 1, backend=tier)

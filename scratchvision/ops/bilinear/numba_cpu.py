@@ -22,9 +22,8 @@ Names (x0, y0, ax, ay, w, ...) and equation numbers follow ``loop.py`` and
   that read it, so there is no scatter at all. Both run in parallel over (N * C) planes.
 
 Precision: all arithmetic -- weights, products and sums -- is done in the input dtype, so
-float32 stays float32 end to end. (The loop tier computes a weight in float64 and rounds it
-when it meets a float32 pixel; float32 results therefore agree with it to float32 rounding.)
-In float64 the sums run in a different order than in ``loop.py`` in places (the backward's
+float32 stays float32 end to end, as in the loop tier (both take the cell and weights from
+:func:`~scratchvision.ops.bilinear.cell.cell_and_weights` in the points' dtype). In float64 the sums run in a different order than in ``loop.py`` in places (the backward's
 channel and chunk sums), so results agree to rounding (1e-10 relative), not bit for bit.
 """
 

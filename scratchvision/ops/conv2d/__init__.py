@@ -13,8 +13,8 @@ same function:
 Shapes: ``x`` (N, C_in, H, W), ``weight`` (C_out, C_in / groups, kh, kw), ``bias`` (C_out,)
 or None, output (N, C_out, Ho, Wo) with, per axis,
 ``Ho = floor((H + 2 * ph - dh * (kh - 1) - 1) / sh) + 1``. Output channel ``o`` belongs to
-group ``g = o // (C_out / groups)`` and sees only input channels
-``g * C_in / groups ... (g + 1) * C_in / groups - 1``. The derivations are in
+group ``grp = o // (C_out / groups)`` and sees only input channels
+``grp * C_in / groups ... (grp + 1) * C_in / groups - 1``. The derivations are in
 ``docs/derivations/conv2d.md``.
 """
 
@@ -78,8 +78,8 @@ def forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups: int =
     Returns:
         y: (N, C_out, Ho, Wo),
         ``y[n, o, ho, wo] = bias[o] + sum_{c, i, j} weight[o, c, i, j]
-        * x[n, g * C_in / groups + c, ho * sh - ph + i * dh, wo * sw - pw + j * dw]``,
-        with ``g`` the group of ``o`` and zero where the index falls in the padding. The dtype
+        * x[n, grp * C_in / groups + c, ho * sh - ph + i * dh, wo * sw - pw + j * dw]``,
+        with ``grp`` the group of ``o`` and zero where the index falls in the padding. The dtype
         is the common float dtype of ``x``, ``weight`` and ``bias``.
     """
     x, weight, bias, geom, groups = _conv_args(x, weight, bias, stride, padding, dilation,

@@ -5,6 +5,10 @@ channel of the group, kernel row, kernel column -- one Python-level step per mul
 that every index has a name. Equation numbers in the comments refer to
 ``docs/derivations/conv2d.md``. The other tiers are checked against this one.
 
+Names: ``grp`` is a group index and ``groups`` the number of groups; ``gy`` is the upstream
+gradient dL/dy (the docs' Y-bar) and ``g_out`` one entry of it; ``weight`` is the kernel (the
+docs' theta) and ``width`` the input's width.
+
 Shapes (already validated and made contiguous by ``scratchvision.ops.conv2d``): ``x``
 (N, C_in, H, W), ``weight`` (C_out, C_in / groups, kh, kw), ``bias`` (C_out,) or None, ``gy``
 and the output (N, C_out, Ho, Wo). Sums run in the input dtype (float32 stays float32).
@@ -37,12 +41,12 @@ def forward(x: np.ndarray, weight: np.ndarray, bias, geom: ConvGeometry,
     # --8<-- [start:forward]
     for n in range(n_batch):
         for o in range(c_out):
-            g = o // out_per_group  # the group of output channel o
+            grp = o // out_per_group  # the group of output channel o (gamma(o) in the docs)
             for ho in range(out_h):
                 for wo in range(out_w):
                     total = bias[o] if bias is not None else x.dtype.type(0)
                     for cg in range(in_per_group):
-                        c = g * in_per_group + cg  # input channel cg of group g
+                        c = grp * in_per_group + cg  # input channel cg of group grp
                         for i in range(kh):
                             r = tap_position(ho, i, sh, ph, dh)  # eq. (2)
                             for j in range(kw):
@@ -78,14 +82,14 @@ def backward(gy: np.ndarray, x: np.ndarray, weight: np.ndarray, has_bias: bool,
     # --8<-- [start:backward]
     for n in range(n_batch):
         for o in range(c_out):
-            g = o // out_per_group
+            grp = o // out_per_group
             for ho in range(out_h):
                 for wo in range(out_w):
                     g_out = gy[n, o, ho, wo]
                     if has_bias:
                         grad_bias[o] += g_out  # eq. (6)
                     for cg in range(in_per_group):
-                        c = g * in_per_group + cg
+                        c = grp * in_per_group + cg
                         for i in range(kh):
                             r = tap_position(ho, i, sh, ph, dh)  # eq. (2)
                             for j in range(kw):

@@ -153,7 +153,7 @@ def forward(x: np.ndarray, weight: np.ndarray, bias, geom: ConvGeometry,
     for chunk in _image_chunks(n_batch, rows * out_h * out_w * x.itemsize):
         cols = np.empty((chunk.stop - chunk.start, rows, out_h * out_w), dtype=x.dtype)
         _im2col(x[chunk], cols, *args)
-        # (n, C_in * K, L) -> (n, G, C_in/G * K, L): the rows of group g are a block
+        # (n, C_in * K, L) -> (n, G, C_in/G * K, L): the rows of group grp are a block
         cols = cols.reshape(cols.shape[0], groups, -1, out_h * out_w)
         # (G, C_out/G, C_in/G * K) @ (n, G, C_in/G * K, L) -> (n, G, C_out/G, L), in place
         np.matmul(w_groups, cols, out=y[chunk])

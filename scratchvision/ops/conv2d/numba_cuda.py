@@ -13,10 +13,10 @@ What changes relative to ``loop.py``, and why:
   tiled shared-memory kernel in :mod:`scratchvision.ops.cuda_common`, which
   ``deform_conv2d``'s cuda tier shares::
 
-      y[n, g]            = W[g] @ columns[n, g]  (+ bias)          eq. (4)
-      grad_bias[o]       = sum_{n, l} gy[n, o, l]                  eq. (6)
-      grad_W[g]          = sum_n gy[n, g] @ columns[n, g]^T        eq. (7)
-      grad_columns[n, g] = W[g]^T @ gy[n, g]                       eq. (8), before col2im
+      y[n, grp]            = W[grp] @ columns[n, grp]  (+ bias)      eq. (5)
+      grad_bias[o]         = sum_{n, l} gy[n, o, l]                  eq. (6)
+      grad_W[grp]          = sum_n gy[n, grp] @ columns[n, grp]^T    eq. (10), first product
+      grad_columns[n, grp] = W[grp]^T @ gy[n, grp]                   eq. (10), before col2im
 
 * **grad_input is a gather (col2im).** ``loop.py`` scatters ``gy * w`` into every input pixel
   a tap read (eq. 8); on a GPU that is a race. Here one thread per input element

@@ -6,9 +6,12 @@ patches are laid out as *columns* (eq. 5). The zero-padded input is viewed, with
 as an array indexed by (channel, kernel tap, output pixel) with ``as_strided``; reshaping that
 view to a matrix makes the one copy, and BLAS does the sums.
 
-* forward (eq. 5): ``y[n, g] = W_g @ cols[n, g]``, W_g (C_out/G, C_in/G * kh * kw).
-* backward (eq. 10): ``grad_weight_g = sum_n gy[n, g] @ cols[n, g]^T``,
-  ``grad_cols = W_g^T @ gy[n, g]``, and ``grad_input`` = col2im(grad_cols): the scatter of
+Below, ``grp`` indexes the G groups, ``weight_grp`` is group ``grp``'s weight as a
+(C_out/G, C_in/G * kh * kw) matrix (the docs' Theta_gamma) and ``gy`` the upstream gradient.
+
+* forward (eq. 5): ``y[n, grp] = weight_grp @ cols[n, grp]``.
+* backward (eq. 10): ``grad_weight_grp = sum_n gy[n, grp] @ cols[n, grp]^T``,
+  ``grad_cols = weight_grp^T @ gy[n, grp]``, and ``grad_input`` = col2im(grad_cols): the scatter of
   eq. (8), done as one strided-slice addition per kernel tap (within a tap no two output pixels
   read the same input pixel, so ``+=`` on the slice is exact). ``grad_bias`` is eq. (6).
 
@@ -35,7 +38,7 @@ def _columns(x: np.ndarray, geom: ConvGeometry, groups: int) -> np.ndarray:
     """eq. (5): the im2col matrix of every image and group.
 
     Returns (N, G, C_in/G * kh * kw, Ho * Wo): row ``(cg, i, j)`` (in that order), column
-    ``(ho, wo)`` holds the zero-padded input at channel ``g * C_in/G + cg``, row
+    ``(ho, wo)`` holds the zero-padded input at channel ``grp * C_in/G + cg``, row
     ``ho * sh + i * dh`` and column ``wo * sw + j * dw`` of the padded image (eq. 2 shifted by
     the padding).
     """

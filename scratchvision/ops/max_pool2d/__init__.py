@@ -88,10 +88,14 @@ def hyper_parameters(kernel_size, stride=None, padding=0, dilation=1, ceil_mode=
 def _output_size(size: int, k: int, s: int, p: int, d: int, ceil_mode: bool) -> int:
     """eq. (4) for one axis: ``floor((size + 2p - d(k - 1) - 1 [+ s - 1]) / s) + 1``, and in
     ceil mode one less when the last window would start in the right padding."""
+    # --8<-- [start:output_size]
+    # eq. (4): floor((size + 2p - d(k - 1) - 1) / s) + 1; ceil mode adds s - 1 before the
+    # floor division, which rounds up instead
     out = (size + 2 * p - d * (k - 1) - 1 + (s - 1 if ceil_mode else 0)) // s + 1
     if ceil_mode and (out - 1) * s - p >= size:
-        out -= 1
+        out -= 1  # torch's rule: the last window must start before the right padding
     return out
+    # --8<-- [end:output_size]
 
 
 def pool_geometry(in_hw, kernel_size, stride=None, padding=0, dilation=1,

@@ -28,6 +28,7 @@ def pool(x: np.ndarray, geom):
     once (it returns the first maximum: the loop tier's tie rule)."""
     n_planes, height, width = x.shape
     (kh, kw), (sh, sw), (ph, pw), (dh, dw), _, (out_h, out_w) = geom
+    # --8<-- [start:windows]
     # pad the right far enough for the last window (ceil mode may reach past the padding)
     right_h = max(0, (out_h - 1) * sh + dh * (kh - 1) + 1 - ph - height)
     right_w = max(0, (out_w - 1) * sw + dw * (kw - 1) + 1 - pw - width)
@@ -44,6 +45,7 @@ def pool(x: np.ndarray, geom):
     last_nan = kh * kw - 1 - np.argmax(is_nan[..., ::-1], axis=-1)
     tap = np.where(is_nan.any(axis=-1), last_nan, tap)
     y = np.take_along_axis(taps, tap[..., None], axis=-1)[..., 0]  # eq. (2)
+    # --8<-- [end:windows]
     # the chosen tap (i, j) -> input pixel (r, q), eq. (1)
     i, j = np.divmod(tap, kw)
     r = np.arange(out_h)[:, None] * sh - ph + i * dh
@@ -65,7 +67,10 @@ def unpool(gy: np.ndarray, index: np.ndarray, plane_size: int) -> np.ndarray:
     ``plane * H * W + index``, which sums repeated indices (accumulates in float64, then
     rounds to gy's dtype)."""
     n_planes = gy.shape[0]
-    chosen = index >= 0
+    # --8<-- [start:scatter]
+    chosen = index >= 0  # -1: a window without in-bounds taps passes no gradient
     target = (np.arange(n_planes)[:, None, None] * plane_size + index)[chosen]
+    # eq. (3): bincount adds up the gy of every window that chose the same pixel
     grad = np.bincount(target, weights=gy[chosen], minlength=n_planes * plane_size)
+    # --8<-- [end:scatter]
     return grad.reshape(n_planes, plane_size).astype(gy.dtype, copy=False)
