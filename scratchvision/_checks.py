@@ -178,3 +178,39 @@ def boolean(value, name: str) -> bool:
     if not isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be True or False, got {value!r}")
     return bool(value)
+
+
+def nonnegative_int(value, name: str) -> int:
+    """Require an integer >= 0 (a count that may be zero, a seed)."""
+    v = _as_int(value, name)
+    if v < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+    return v
+
+
+def number_in_range(value, name: str, low: float, high: float) -> float:
+    """Require a real number in the closed interval ``[low, high]`` (``high`` may be ``inf``)
+    and return it as a Python float: a fraction, a noise level, an expected count."""
+    v = real_number(value, name, allow_nan=False)
+    if not low <= v <= high:
+        raise ValueError(f"{name} must be in [{low}, {high}], got {value!r}")
+    return v
+
+
+def integer(value, name: str) -> int:
+    """Require an integer of any sign (e.g. ``ignore_index=-100``) and return it as an int;
+    a bool or a float, even a whole one, is a ``TypeError``."""
+    return _as_int(value, name)
+
+
+def dataset_index(index, length: int) -> int:
+    """Require an index into a dataset of ``length`` items: an integer in ``[0, length)``.
+    Negative indices raise ``IndexError`` (not counted from the end: ``dataset[-1]`` is
+    usually an off-by-one), and so do indices past the end; a float, bool or slice is a
+    ``TypeError``."""
+    if isinstance(index, (bool, np.bool_)) or not isinstance(index, numbers.Integral):
+        raise TypeError(f"index must be an integer, got {index!r} ({type(index).__name__})")
+    if not 0 <= index < length:
+        raise IndexError(f"index {index} is out of range for a dataset of {length} items "
+                         f"(valid: 0 to {length - 1}; negative indices are not supported)")
+    return int(index)
