@@ -9,10 +9,13 @@ times, in one process and on the same inputs:
 
 Each contender is run once to warm up (numba compiles or loads its cache, torch allocates),
 then ``repeats`` times, forward and forward+backward, with the contenders *interleaved* within
-each repeat so that a burst of load from elsewhere on the machine hits all of them alike. The
-table reports median milliseconds and the speed-up over the reference of the same device (CPU
-tiers against torch on the CPU, the cuda tier against torch on the GPU). Quote the ratios, not
-the absolute times. ``--quick`` runs the same code on small shapes, as a smoke test only. A
+each repeat -- the reference first, then our tiers, as a user comparing the two in a notebook
+runs them -- so that a burst of load from elsewhere on the machine hits all of them alike.
+``--runs K`` does all of that K times (K runs, each its own warm-up and medians) and reports
+the median over the runs and their range: a speed-up holds only if it holds run after run,
+not on the best run. The table reports median milliseconds and the speed-up over the
+reference of the same device (CPU tiers against torch on the CPU, the cuda tier against torch
+on the GPU). Quote the ratios, not the absolute times. ``--quick`` runs the same code on small shapes, as a smoke test only. A
 case without a backward (e.g. ``nms``) times the forward only; its forward+backward columns
 say "no backward" (``None`` in the JSON rows).
 """
@@ -63,7 +66,7 @@ def _gpu_name(torch) -> str | None:
     return torch.cuda.get_device_name(0)
 
 
-def machine_line(torch, quick: bool, repeats: int) -> str:
+def machine_line(torch, quick: bool, repeats: int, runs: int = 1) -> str:
     """One line saying where and how the numbers were taken."""
     import numba
 
@@ -77,7 +80,8 @@ def machine_line(torch, quick: bool, repeats: int) -> str:
     if gpu:
         parts.append(f"GPU {gpu}")
     parts.append(DTYPE)
-    parts.append(f"median of {repeats} runs after a warm-up")
+    parts.append(f"median of {repeats} interleaved repeats after a warm-up"
+                 + (f", median (range) over {runs} such runs" if runs > 1 else ""))
     if quick:
         parts.append("QUICK shapes (smoke test, not a measurement)")
     return ", ".join(parts)
@@ -108,7 +112,7 @@ def _synchronised(fn: Timed | None, torch) -> Timed | None:
 
 def _contenders(case: BenchCase, inputs: dict, torch, notes: list) -> list[Contender]:
     """Everything to time for ``case``; what is left out is explained in ``notes``."""
-    found = []
+    found = _references(case, inputs, torch, notes)
     for tier in TIERS:
         status = tier_status(tier)
         if tier not in case.tiers:
@@ -126,20 +130,25 @@ def _contenders(case: BenchCase, inputs: dict, torch, notes: list) -> list[Conte
                 lambda tier=tier: case.forward(tier, **inputs),
                 None if case.forward_backward is None else
                 lambda tier=tier: case.forward_backward(tier, **inputs)))
+    return found
+
+
+def _references(case: BenchCase, inputs: dict, torch, notes: list) -> list[Contender]:
+    """The torch reference of ``case`` on the CPU (and on the GPU when there is one)."""
     reference = case.reference_name
     if case.reference is None:
         notes.append((reference, "no reference for this case"))
-    elif torch is None:
+        return []
+    if torch is None:
         notes.append((reference, "torch not installed"))
-    else:
-        forward, forward_backward = case.reference(inputs, "cpu")
-        found.append(Contender(f"{reference} (CPU)", "cpu", forward, forward_backward, True))
-        gpu = _gpu_name(torch)
-        if gpu:
-            forward, forward_backward = case.reference(inputs, "cuda")
-            found.append(Contender(f"{reference} ({gpu})", "gpu",
-                                   _synchronised(forward, torch),
-                                   _synchronised(forward_backward, torch), True))
+        return []
+    forward, forward_backward = case.reference(inputs, "cpu")
+    found = [Contender(f"{reference} (CPU)", "cpu", forward, forward_backward, True)]
+    gpu = _gpu_name(torch)
+    if gpu:
+        forward, forward_backward = case.reference(inputs, "cuda")
+        found.append(Contender(f"{reference} ({gpu})", "gpu", _synchronised(forward, torch),
+                               _synchronised(forward_backward, torch), True))
     return found
 
 
@@ -149,12 +158,9 @@ def _time_once(fn: Timed) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
-def time_case(case: BenchCase, quick: bool, torch, repeats: int) -> list[dict]:
-    """Rows for one case: a timed row per contender, then a row per tier left out."""
-    inputs = case.make_inputs(np.random.default_rng(0), quick)
-    shape = case.quick_shape if quick else case.shape
-    notes = []
-    contenders = _contenders(case, inputs, torch, notes)
+def _one_run(contenders: list[Contender], repeats: int) -> dict:
+    """Warm up, then ``repeats`` interleaved rounds: ``{label: (fwd median, fwd+bwd median or
+    None)}`` in ms."""
     for c in contenders:  # warm-up: compile, load caches, allocate
         c.forward()
         if c.forward_backward is not None:
@@ -166,26 +172,55 @@ def time_case(case: BenchCase, quick: bool, torch, repeats: int) -> list[dict]:
             forward_ms[c.label].append(_time_once(c.forward))
             if c.forward_backward is not None:
                 forward_backward_ms[c.label].append(_time_once(c.forward_backward))
-    medians = {c.label: (statistics.median(forward_ms[c.label]),
-                         statistics.median(forward_backward_ms[c.label])
-                         if forward_backward_ms[c.label] else None) for c in contenders}
-    reference_of = {c.device: medians[c.label] for c in contenders if c.is_reference}
+    return {c.label: (statistics.median(forward_ms[c.label]),
+                      statistics.median(forward_backward_ms[c.label])
+                      if forward_backward_ms[c.label] else None) for c in contenders}
+
+
+def _ratio(reference, value):
+    return None if reference is None or value is None else reference / value
+
+
+def _summary(values: list) -> tuple:
+    """(median, min, max) of the values that are not None, or three Nones."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None, None
+    return statistics.median(values), min(values), max(values)
+
+
+def time_case(case: BenchCase, quick: bool, torch, repeats: int, runs: int = 1) -> list[dict]:
+    """Rows for one case: a timed row per contender (the median over ``runs`` runs of each
+    run's median, and the range of the speed-up over the runs), then a row per tier left out.
+    """
+    inputs = case.make_inputs(np.random.default_rng(0), quick)
+    shape = case.quick_shape if quick else case.shape
+    notes = []
+    contenders = _contenders(case, inputs, torch, notes)
+    per_run = [_one_run(contenders, repeats) for _ in range(runs)]
     rows = []
     for c in contenders:
-        fwd, fwd_bwd = medians[c.label]
-        ref = reference_of.get(c.device)
+        reference = next((r for r in contenders if r.is_reference and r.device == c.device),
+                         None)
+        fwd = _summary([run[c.label][0] for run in per_run])
+        fwd_bwd = _summary([run[c.label][1] for run in per_run])
+        fwd_speedup = _summary([_ratio(run[reference.label][0], run[c.label][0])
+                                for run in per_run] if reference else [])
+        fwd_bwd_speedup = _summary([_ratio(run[reference.label][1], run[c.label][1])
+                                    for run in per_run] if reference else [])
         rows.append({
-            "case": case.name, "shape": shape, "tier": c.label,
-            "fwd_ms": fwd, "fwd_speedup": ref[0] / fwd if ref else None,
-            "fwd_bwd_ms": fwd_bwd,
-            "fwd_bwd_speedup": (ref[1] / fwd_bwd if ref and None not in (ref[1], fwd_bwd)
-                                else None),
+            "case": case.name, "shape": shape, "tier": c.label, "runs": runs,
+            "fwd_ms": fwd[0], "fwd_speedup": fwd_speedup[0],
+            "fwd_speedup_range": list(fwd_speedup[1:]),
+            "fwd_bwd_ms": fwd_bwd[0], "fwd_bwd_speedup": fwd_bwd_speedup[0],
+            "fwd_bwd_speedup_range": list(fwd_bwd_speedup[1:]),
             "note": "reference" if c.is_reference else "",
         })
     for tier, why in notes:
-        rows.append({"case": case.name, "shape": shape, "tier": tier, "fwd_ms": None,
-                     "fwd_speedup": None, "fwd_bwd_ms": None, "fwd_bwd_speedup": None,
-                     "note": why})
+        rows.append({"case": case.name, "shape": shape, "tier": tier, "runs": runs,
+                     "fwd_ms": None, "fwd_speedup": None, "fwd_speedup_range": [None, None],
+                     "fwd_bwd_ms": None, "fwd_bwd_speedup": None,
+                     "fwd_bwd_speedup_range": [None, None], "note": why})
     return rows
 
 
@@ -200,10 +235,16 @@ def _ms(value) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
-def _speedup(value, note: str) -> str:
+def _speedup(value, note: str, spread=(None, None)) -> str:
+    """``5.47x``, or ``5.47x (5.10-5.80)`` with the range over several runs."""
     if note == "reference" and value is not None:
         return "1.00x (reference)"
-    return "" if value is None else f"{value:.2f}x"
+    if value is None:
+        return ""
+    low, high = spread
+    if low is None or low == high:
+        return f"{value:.2f}x"
+    return f"{value:.2f}x ({low:.2f}-{high:.2f})"
 
 
 def markdown_row(row: dict) -> str:
@@ -211,16 +252,19 @@ def markdown_row(row: dict) -> str:
         return f"| {row['case']} | {row['shape']} | {row['tier']} | {row['note']} | | | |"
     fwd_bwd_ms = "no backward" if row["fwd_bwd_ms"] is None else _ms(row["fwd_bwd_ms"])
     return (f"| {row['case']} | {row['shape']} | {row['tier']} | {_ms(row['fwd_ms'])} "
-            f"| {_speedup(row['fwd_speedup'], row['note'])} | {fwd_bwd_ms} "
-            f"| {_speedup(row['fwd_bwd_speedup'], row['note'])} |")
+            f"| {_speedup(row['fwd_speedup'], row['note'], row['fwd_speedup_range'])} "
+            f"| {fwd_bwd_ms} "
+            f"| {_speedup(row['fwd_bwd_speedup'], row['note'], row['fwd_bwd_speedup_range'])} |")
 
 
-def main(op: str | None, as_json: bool, quick: bool) -> int:
-    """Entry point of ``scratchvision bench [op] [--json] [--quick]``; returns the exit code.
+def main(op: str | None, as_json: bool, quick: bool, runs: int = 1) -> int:
+    """Entry point of ``scratchvision bench [op] [--json] [--quick] [--runs K]``; returns the
+    exit code.
 
     Prints a markdown table (rows appear as each case finishes) or, with ``as_json``, one JSON
-    list of row dicts with keys case, shape, tier, fwd_ms, fwd_speedup, fwd_bwd_ms,
-    fwd_bwd_speedup, note (times in ms; ``None`` where not timed).
+    list of row dicts with keys case, shape, tier, runs, fwd_ms, fwd_speedup,
+    fwd_speedup_range, fwd_bwd_ms, fwd_bwd_speedup, fwd_bwd_speedup_range, note (times in ms,
+    medians over the runs; the ranges are [min, max] over the runs; ``None`` where not timed).
     """
     if op is not None and op not in BENCH_SUITES:
         print(f"scratchvision bench: unknown op {op!r}; choose from "
@@ -231,12 +275,13 @@ def main(op: str | None, as_json: bool, quick: bool) -> int:
     cases = bench_cases([op] if op else BENCH_SUITES)
     rows = []
     if not as_json:
-        print(f"scratchvision bench{' ' + op if op else ''}: {machine_line(torch, quick, repeats)}")
+        print(f"scratchvision bench{' ' + op if op else ''}: "
+              f"{machine_line(torch, quick, repeats, runs)}")
         print()
         print(HEADER)
         print(RULE, flush=True)
     for case in cases:
-        case_rows = time_case(case, quick, torch, repeats)
+        case_rows = time_case(case, quick, torch, repeats, runs)
         rows.extend(case_rows)
         if not as_json:
             for row in case_rows:
@@ -246,6 +291,6 @@ def main(op: str | None, as_json: bool, quick: bool) -> int:
     else:
         print()
         print("speed-up = reference median / tier median on the same device (higher is "
-              "faster); the cuda tier is timed through the NumPy API, host<->device copies "
-              "included.")
+              "faster), the reference timed first in each round; the cuda tier is timed through "
+              "the NumPy API, host<->device copies included.")
     return 0

@@ -1,7 +1,7 @@
 """The house rules of the layout, read from the imports themselves (``ast``), so they stay true:
 
 * a module under ``scratchvision/ops/`` imports only the standard library, numpy, numba,
-  scipy, ``scratchvision._checks``, ``scratchvision._dispatch`` and other modules under
+  scipy, ``scratchvision._checks``, ``_dispatch``, ``_threads`` and other modules under
   ``ops/`` -- never anything above the ops (layers, verification material, the commands);
 * no module under ``ops/`` imports a name starting with ``_`` from another op package: a tier
   uses another op's public names only;
@@ -20,7 +20,8 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "scratchvision"
 OPS = PACKAGE / "ops"
 ALLOWED_THIRD_PARTY = {"numpy", "numba", "scipy"}
-ALLOWED_GROUND_FLOOR = {"scratchvision._checks", "scratchvision._dispatch"}
+ALLOWED_GROUND_FLOOR = {"scratchvision._checks", "scratchvision._dispatch",
+                        "scratchvision._threads"}
 
 
 def _module_name(path: Path) -> str:
@@ -84,7 +85,8 @@ def test_ops_import_only_downward(path):
         for target in targets:
             assert _allowed_in_ops(target), (
                 f"{path.relative_to(PACKAGE)} imports {target}: modules under ops/ import "
-                f"only the standard library, numpy, numba, scipy, _checks, _dispatch and "
+                f"only the standard library, numpy, numba, scipy, _checks, _dispatch, _threads "
+                f"and "
                 f"other ops")
 
 

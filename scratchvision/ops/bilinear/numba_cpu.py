@@ -110,8 +110,10 @@ cell_and_weights = njit(inline="always")(cell.cell_and_weights)
 
 
 @njit(**_JIT)
-def _sample_kernel(padded, points, out, chunks_per_image, block, tiles, one):
-    """out (N, C, P) from ``padded`` (N, H + 2, W + 2, C) and points (N, P, 2); eq. (4).
+def _sample_kernel(padded, points, out, chunks_per_image, block, tiles, one, scale,
+                   use_scale):
+    """out (N, C, P) from ``padded`` (N, H + 2, W + 2, C) and points (N, P, 2); eq. (4),
+    each point's four weights times ``scale[n, p]`` when ``use_scale``.
 
     Work item ``item`` is chunk ``item % chunks_per_image`` of batch element
     ``item // chunks_per_image``; it fills ``tiles[item]`` (block, C) one block at a time.
@@ -138,6 +140,9 @@ def _sample_kernel(padded, points, out, chunks_per_image, block, tiles, one):
                     continue
                 x0, y0, ax, ay, w00, w01, w10, w11 = cell_and_weights(x, y, one)
                 row, col = y0 + 1, x0 + 1  # (y0, x0) in the zero-bordered image
+                if use_scale:
+                    s = scale[n, start + j]
+                    w00, w01, w10, w11 = s * w00, s * w01, s * w10, s * w11
                 # eq. (4): taps outside the image read the zero border (eq. 3)
                 for c in range(channels):
                     tile[j, c] = (w00 * padded[n, row, col, c]
@@ -241,12 +246,15 @@ def _padded(image: np.ndarray) -> np.ndarray:
     return padded
 
 
-def sample(image: np.ndarray, points: np.ndarray) -> np.ndarray:
+def sample(image: np.ndarray, points: np.ndarray, scale=None) -> np.ndarray:
     """Bilinear sampling, eq. (4).
 
     Args:
         image: (N, C, H, W) float32 or float64, C-contiguous.
         points: (N, P, 2) pixel coordinates (x, y), same dtype.
+        scale: None, or (N, P) factors, same dtype: each sample is multiplied by its point's
+            factor as it is made (deformable convolution's mask, fused into the gather instead
+            of a second pass over the samples).
 
     Returns:
         out (N, C, P), same dtype.
@@ -258,7 +266,9 @@ def sample(image: np.ndarray, points: np.ndarray) -> np.ndarray:
     chunks = _chunks_per_image(n_batch, n_points, 4 * numba.get_num_threads(), block)
     tiles = np.empty((n_batch * chunks, block, channels), dtype=image.dtype)
     out = np.empty((n_batch, channels, n_points), dtype=image.dtype)
-    _sample_kernel(_padded(image), points, out, chunks, block, tiles, image.dtype.type(1))
+    use_scale = scale is not None
+    _sample_kernel(_padded(image), points, out, chunks, block, tiles, image.dtype.type(1),
+                   scale if use_scale else points[:, :, 0], use_scale)
     return out
 
 

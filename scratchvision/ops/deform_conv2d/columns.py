@@ -108,16 +108,20 @@ class ColumnTier:
     def __init__(self, bilinear: ModuleType):
         self.bilinear = bilinear
 
-    # ------------------------------------------------------------------ elementwise steps
+    # ------------------------------------------------------------------ matrix products
 
-    def modulate(self, columns: np.ndarray, mask) -> np.ndarray:
-        """eq. (2)-(4): columns (N, G, C / G, K, P) times the mask (N, G * K, Ho, Wo), in place
-        (the caller owns ``columns``); unchanged for DCNv1."""
-        if mask is not None:
-            n_batch, groups, _, n_taps, n_pixels = columns.shape
-            # (N, G * K, Ho, Wo) -> (N, G, 1, K, P), broadcast over the channels of a group
-            columns *= mask.reshape(n_batch, groups, 1, n_taps, n_pixels)
-        return columns
+    @staticmethod
+    def products(a: np.ndarray, b: np.ndarray, b_transposed: bool = False) -> np.ndarray:
+        """``a[i % A] @ b[i]`` (``@ b[i].T`` if ``b_transposed``) for every i: a (A, M, K),
+        b (B, K, N) or (B, N, K) -> (B, M, N). NumPy's matmul here; the numba tier runs the
+        products in numba's threads (:func:`scratchvision.ops.gemm.matmul`)."""
+        if b_transposed:
+            b = b.transpose(0, 2, 1)
+        # (A, M, K) -> (B // A, A, M, K) broadcast against (B // A, A, K, N)
+        stacked = np.matmul(a, b.reshape((-1, a.shape[0]) + b.shape[1:]))
+        return stacked.reshape((b.shape[0],) + stacked.shape[2:])
+
+    # ------------------------------------------------------------------ elementwise steps
 
     def modulate_backward(self, columns: np.ndarray, gamma: np.ndarray, mask):
         """Given the columns and ``gamma``, the gradient of the *modulated* columns, both
@@ -136,14 +140,25 @@ class ColumnTier:
 
     # ------------------------------------------------------------------ the two passes
 
-    def _columns(self, x, offset, geom, offset_groups):
-        """eqs. (1), (3): points (N * G, K * P, 2) and columns (N, G, C / G, K, P)."""
+    def sample(self, images, points, mask):
+        """The bilinear tier's ``sample(images, points)``, then the mask (eq. 2): columns
+        (N * G, C / G, K * P); ``mask`` None or (N, G * K, Ho, Wo)."""
+        columns = self.bilinear.sample(images, points)
+        if mask is not None:
+            n_images, group_channels, n_samples = columns.shape
+            # (N, G * K, Ho, Wo) -> (N * G, 1, K * P), broadcast over the group's channels
+            columns *= mask.reshape(n_images, 1, n_samples)
+        return columns
+
+    def _columns(self, x, offset, geom, offset_groups, mask=None):
+        """eqs. (1)-(3): points (N * G, K * P, 2) and columns (N, G, C / G, K, P), times the
+        mask if one is given."""
         n_batch, channels, height, width = x.shape
         n_taps = geom.kernel[0] * geom.kernel[1]
         points = sampling_points(offset, geom)
         # (N, C, H, W) -> (N * G, C / G, H, W): one bilinear "image" per offset group
         images = x.reshape(n_batch * offset_groups, channels // offset_groups, height, width)
-        columns = self.bilinear.sample(images, points)  # (N * G, C / G, K * P)
+        columns = self.sample(images, points, mask)  # (N * G, C / G, K * P)
         # (N * G, C / G, K * P) -> (N, G, C / G, K, P)
         shape = (n_batch, offset_groups, channels // offset_groups, n_taps, -1)
         return images, points, columns.reshape(shape)
@@ -180,13 +195,12 @@ class ColumnTier:
                        weight_groups):
         n_batch = x.shape[0]
         out_channels = weight.shape[0]
-        _, _, columns = self._columns(x, offset, geom, offset_groups)
-        columns = self.modulate(columns, mask)
+        _, _, columns = self._columns(x, offset, geom, offset_groups, mask)  # modulated
         # (N, G, C/G, K, P) -> (N, groups, C/groups * K, P); weight (O, C/groups, kh, kw)
         # -> (groups, O/groups, C/groups * K): rows and columns both ordered (c, k)
-        columns = columns.reshape(n_batch, weight_groups, -1, columns.shape[-1])
+        columns = columns.reshape(n_batch * weight_groups, -1, columns.shape[-1])
         matrix = weight.reshape(weight_groups, out_channels // weight_groups, -1)
-        out = np.matmul(matrix, columns)  # (N, groups, O/groups, P), eq. (4)
+        out = self.products(matrix, columns)  # (N * groups, O/groups, P), eq. (4)
         out = out.reshape((n_batch, out_channels) + geom.out)
         if bias is not None:
             out += bias[:, None, None]
@@ -202,12 +216,12 @@ class ColumnTier:
         """
         n_batch = x.shape[0]
         out_channels = weight.shape[0]
-        # gy (N, O, Ho, Wo) -> (N, groups, O/groups, P); weight -> (groups, O/groups, C/g * K)
-        gy_groups = gy.reshape(n_batch, weight_groups, out_channels // weight_groups, -1)
+        # gy (N, O, Ho, Wo) -> (N * groups, O/groups, P); weight -> (groups, O/groups, C/g * K)
+        gy_groups = gy.reshape(n_batch * weight_groups, out_channels // weight_groups, -1)
         matrix = weight.reshape(weight_groups, out_channels // weight_groups, -1)
         # eq. (7), Gamma = W^T @ gy:
-        # (groups, C/g * K, O/g) @ (N, groups, O/g, P) -> (N, groups, C/g * K, P)
-        gamma = np.matmul(matrix.transpose(0, 2, 1), gy_groups)
+        # (groups, C/g * K, O/g) @ (N * groups, O/g, P) -> (N * groups, C/g * K, P)
+        gamma = self.products(np.ascontiguousarray(matrix.transpose(0, 2, 1)), gy_groups)
         images, points, columns = self._columns(x, offset, geom, offset_groups)
         shape = columns.shape
         gamma = gamma.reshape(shape)  # -> (N, G, C/G, K, P)
@@ -215,10 +229,10 @@ class ColumnTier:
         # eqs. (9)-(10): the bilinear backward of the sampled values' gradient m * Gamma
         grad_images, grad_points = self.bilinear.sample_backward(
             gamma.reshape(n_batch * offset_groups, shape[2], -1), images, points)
-        # eq. (6): sum_n gy[n] @ (m * columns[n])^T, (groups, O/g, P) @ (groups, P, C/g * K)
-        modulated = columns.reshape(n_batch, weight_groups, -1, shape[-1])
-        grad_weight = np.zeros_like(matrix)
-        for n in range(n_batch):
-            grad_weight += np.matmul(gy_groups[n], modulated[n].transpose(0, 2, 1))
+        # eq. (6): sum_n gy[n] @ (m * columns[n])^T,
+        # (N * groups, O/g, P) @ (N * groups, P, C/g * K) -> (N, groups, O/g, C/g * K), summed
+        modulated = columns.reshape(n_batch * weight_groups, -1, shape[-1])
+        per_image = self.products(gy_groups, modulated, b_transposed=True)
+        grad_weight = per_image.reshape((n_batch,) + matrix.shape).sum(axis=0)
         return (grad_images.reshape(x.shape), offset_gradient(grad_points, offset.shape),
                 grad_weight.reshape(weight.shape), grad_mask)

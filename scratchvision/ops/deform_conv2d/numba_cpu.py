@@ -8,23 +8,17 @@ numpy tier; read it first). What this tier changes, and why:
   ``sample_backward`` -- channels-last tiles for the gathers, and for the input gradient
   (eq. 9) per-chunk buffers summed in a fixed order, so the scatter is race-free and repeated
   runs are bit-identical.
-* **The mask** (eqs. 2, 7, 8) is applied by two small kernels instead of NumPy
-  broadcasting: :func:`_modulate_kernel` scales the columns in place, and
-  :func:`_modulate_backward_kernel` makes *one* pass over the columns and their gradient that
-  computes grad_mask (the channel sum of eq. 8, a gather: each output row is written by one
-  work item, summing the channels in order) and scales both arrays by the mask. NumPy needs
-  an einsum and two more passes over arrays of N * C * K * Ho * Wo values for that.
-* **The GEMMs** stay ``np.matmul`` (BLAS), as in the numpy tier.
-* **One numba thread; BLAS gets the cores.** The tier alternates between numba kernels and
-  BLAS products, and the two run on different thread pools. Each pool keeps its idle workers
-  *spinning* for a while after its work -- tens of milliseconds for numba's OpenMP workers,
-  about 0.1 s for OpenBLAS's -- so when both use every core, each step shares its cores with
-  the other pool's spinning workers, and a parallel kernel waits for its slowest thread. On
-  the 2-core development machine that made the benchmark case about twice as slow as the sum
-  of its steps run alone (and erratic). So the numba kernels run on *one* thread
-  (``numba.set_num_threads``, restored afterwards) and BLAS uses the cores; numba's workers
-  are never woken, and BLAS's spinning worker has a core of its own. The kernels stay
-  ``parallel=True`` for callers who do want them on more threads.
+* **The mask** (eqs. 2, 7, 8) costs no pass of its own in the forward: the sampling kernel
+  scales each point's four bilinear weights by the point's mask value before it sums the
+  taps. In the backward, :func:`_modulate_backward_kernel` makes *one* pass over the columns
+  and their gradient that computes grad_mask (the channel sum of eq. 8, a gather: each output
+  row is written by one work item, summing the channels in order) and scales both arrays by
+  the mask. NumPy needs an einsum and two more passes over arrays of N * C * K * Ho * Wo
+  values for that.
+* **The GEMMs** run in numba's threads (:func:`scratchvision.ops.gemm.matmul`: blocks of rows,
+  one single-threaded BLAS call each), so the tier's sampling kernels and its products share
+  one thread pool and no pool's waiting workers take the cores from another's (see
+  :mod:`scratchvision._threads`).
 
 Precision: the input dtype throughout (float32 stays float32, BLAS included); in float64 the
 sums run in another order than ``loop.py``'s, so results agree to rounding.
@@ -34,47 +28,14 @@ Contract: as the numpy tier (see :mod:`scratchvision.ops.deform_conv2d.vectorize
 
 from __future__ import annotations
 
-import contextlib
-
-import numba
 import numpy as np
 from numba import njit, prange
 
+from .. import gemm
 from ..bilinear import numba_cpu as _bilinear
 from .columns import ColumnTier
 
 _JIT = {"parallel": True, "cache": True, "fastmath": False}
-
-# numba threads for this tier's kernels; see "One numba thread" in the module docstring
-_NUMBA_THREADS = 1
-
-
-@contextlib.contextmanager
-def _numba_threads(count: int):
-    """Run numba's parallel kernels on at most ``count`` threads (of the calling thread) for
-    the duration of the block."""
-    previous = numba.get_num_threads()
-    numba.set_num_threads(min(count, previous))
-    try:
-        yield
-    finally:
-        numba.set_num_threads(previous)
-
-
-@njit(**_JIT)
-def _modulate_kernel(columns, mask):
-    """columns (N, G, C/G, K, P) *= mask (N, G, K, P) in place, eq. (2)."""
-    n_batch, groups, group_channels, n_taps, n_pixels = columns.shape
-    for row in prange(n_batch * groups * group_channels * n_taps):
-        k = row % n_taps
-        c = (row // n_taps) % group_channels
-        ng = row // (n_taps * group_channels)
-        n = ng // groups
-        g = ng % groups
-        m = mask[n, g, k]
-        col = columns[n, g, c, k]
-        for p in range(n_pixels):
-            col[p] *= m[p]
 
 
 @njit(**_JIT)
@@ -99,22 +60,16 @@ def _modulate_backward_kernel(columns, gamma, mask, grad_mask):
 
 
 class _NumbaColumnTier(ColumnTier):
-    """:class:`ColumnTier` on the numba bilinear tier, with the mask steps as kernels, its
-    numba kernels on ``_NUMBA_THREADS`` threads."""
+    """:class:`ColumnTier` on the numba bilinear tier, with the mask steps as kernels and the
+    matrix products in numba's threads."""
 
-    def forward(self, *args):
-        with _numba_threads(_NUMBA_THREADS):
-            return super().forward(*args)
+    products = staticmethod(gemm.matmul)
 
-    def backward(self, *args):
-        with _numba_threads(_NUMBA_THREADS):
-            return super().backward(*args)
-
-    def modulate(self, columns, mask):
-        if mask is not None:
-            # (N, G * K, Ho, Wo) -> (N, G, K, P)
-            _modulate_kernel(columns, mask.reshape(columns.shape[:2] + columns.shape[3:]))
-        return columns
+    def sample(self, images, points, mask):
+        """Sampling with the mask fused into the gather: each point's bilinear weights are
+        scaled by its mask value (eq. 2) before the channels are summed."""
+        scale = None if mask is None else mask.reshape(images.shape[0], -1)  # (N * G, K * P)
+        return _bilinear.sample(images, points, scale)
 
     def modulate_backward(self, columns, gamma, mask):
         if mask is None:
