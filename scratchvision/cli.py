@@ -4,16 +4,28 @@
     verify every operator, and the multi-scale layers (`layers`), on every available tier
     (see :mod:`scratchvision.selfcheck`);
     exits non-zero when anything fails.
-``scratchvision bench [op] [--json] [--quick]``
+``scratchvision bench [op] [--json] [--quick] [--runs K]``
     time the fast tiers against the torch / torchvision references
     (see :mod:`scratchvision.benchmark`).
+``scratchvision train --model NAME --steps N --out DIR [--seed S] [--backend B] [--resume]``
+    train a detector on the shapes data, checkpointing atomically, then evaluate it
+    (see :mod:`scratchvision.training`).
+``scratchvision evaluate DIR [--tta]``
+    print the COCO table of a trained run on the held-out images.
+``scratchvision detect DIR IMAGE --out OUT.png``
+    draw a trained run's detections on an image.
+
+A run folder that cannot be read (missing or broken checkpoint, a bad image) is reported in
+one line naming the file and the key, with exit status 2 -- never a traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 
-from ._dispatch import TIERS
+import sys
+
+from ._dispatch import BACKENDS, TIERS
 from .benchmark import BENCH_SUITES
 from .selfcheck import CHECK_SUITES
 
@@ -21,7 +33,7 @@ from .selfcheck import CHECK_SUITES
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="scratchvision",
-        description="Check and benchmark scratchvision's operators on every tier.")
+        description="Check, benchmark and train scratchvision's operators and detectors.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     check = sub.add_parser("check", help="verify forward and backward on every tier")
@@ -39,7 +51,77 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     bench.add_argument("--quick", action="store_true",
                        help="small shapes and few repeats: a smoke test, not a measurement")
+    bench.add_argument("--runs", type=int, default=1,
+                       help="time everything this many times and report the median and range "
+                            "over the runs (default: 1)")
+    from .models import MODELS
+
+    train = sub.add_parser("train", help="train a detector on the shapes data")
+    train.add_argument("--model", required=True, choices=MODELS)
+    train.add_argument("--steps", required=True, type=int, help="optimizer steps")
+    train.add_argument("--out", required=True, help="the run folder to write")
+    train.add_argument("--seed", type=int, default=0, help="weights and data (default: 0)")
+    train.add_argument("--backend", default="auto", choices=BACKENDS)
+    train.add_argument("--batch-size", type=int, default=8)
+    train.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
+    train.add_argument("--eval-images", type=int, default=200,
+                       help="held-out images evaluated at the end (default: 200)")
+    train.add_argument("--checkpoint-every", type=int, default=250)
+    train.add_argument("--resume", action="store_true",
+                       help="continue the run saved in --out")
+    train.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    evaluate = sub.add_parser("evaluate", help="COCO table of a trained run")
+    evaluate.add_argument("run", help="a run folder written by scratchvision train")
+    evaluate.add_argument("--tta", action="store_true",
+                          help="fuse the predictions of an image pyramid (scales 1, 1.5, 2)")
+    evaluate.add_argument("--images", type=int, default=None,
+                          help="held-out images (default: the run's --eval-images)")
+
+    detect = sub.add_parser("detect", help="draw a trained run's detections on an image")
+    detect.add_argument("run", help="a run folder written by scratchvision train")
+    detect.add_argument("image", help="an image file (PNG, JPEG, ...)")
+    detect.add_argument("--out", required=True, help="the PNG to write")
+    detect.add_argument("--threshold", type=float, default=0.3,
+                        help="draw boxes scoring above this (default: 0.3)")
     return parser
+
+
+def _train(args) -> int:
+    import json
+
+    from .training import RunError, TrainConfig, train
+
+    try:
+        config = TrainConfig(model=args.model, steps=args.steps, batch_size=args.batch_size,
+                             lr=args.lr, seed=args.seed, backend=args.backend,
+                             eval_images=args.eval_images,
+                             checkpoint_every=args.checkpoint_every)
+    except (ValueError, TypeError) as exc:
+        raise RunError(str(exc)) from None
+    metrics = train(config, args.out, resume=args.resume, progress=not args.quiet)
+    print(json.dumps(metrics, indent=1))
+    return 0
+
+
+def _evaluate(args) -> int:
+    from .training import evaluate_model, load_run
+
+    model, config = load_run(args.run)
+    print(evaluate_model(model, config, tta=args.tta, count=args.images).table())
+    return 0
+
+
+def _detect(args) -> int:
+    from .data import CLASSES
+    from .training import draw_detections, load_run, read_image
+
+    model, _ = load_run(args.run)
+    image = read_image(args.image)
+    detections = model.predict(image[None])[0]
+    drawn = draw_detections(image, detections, args.out, CLASSES, args.threshold)
+    print(f"{drawn} detections above {args.threshold} drawn to {args.out}")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -55,6 +137,17 @@ def main(argv=None) -> int:
             raise SystemExit(f"--cases must be positive, got {args.cases}")
         return selfcheck.main(args.ops or list(CHECK_SUITES), args.backends or list(TIERS),
                               args.json, args.cases)
+    if args.command in ("train", "evaluate", "detect"):
+        from .training import RunError
+
+        try:
+            return {"train": _train, "evaluate": _evaluate, "detect": _detect}[
+                args.command](args)
+        except RunError as exc:
+            print(f"scratchvision {args.command}: {exc}", file=sys.stderr)
+            return 2
     from . import benchmark
 
-    return benchmark.main(args.op, args.json, args.quick)
+    if args.runs < 1:
+        raise SystemExit(f"--runs must be positive, got {args.runs}")
+    return benchmark.main(args.op, args.json, args.quick, args.runs)
