@@ -59,6 +59,29 @@ class Optimizer:
     def step(self) -> None:
         raise NotImplementedError
 
+    def state_dict(self) -> dict:
+        """The optimizer's state as ``{name: array}`` (what a checkpoint stores to resume
+        training exactly where it stopped); the hyper-parameters are not included."""
+        raise NotImplementedError
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s arrays; ``KeyError`` / ``ValueError`` name the key that
+        is missing or of the wrong shape, and nothing changes unless everything matches."""
+        expected = self.state_dict()
+        missing = [k for k in expected if k not in state]
+        unexpected = [k for k in state if k not in expected]
+        if missing or unexpected:
+            raise KeyError(f"{type(self).__name__}.load_state_dict: missing keys {missing}, "
+                           f"unexpected keys {unexpected}")
+        for key, value in expected.items():
+            if np.shape(state[key]) != np.shape(value):
+                raise ValueError(f"state[{key!r}] has shape {np.shape(state[key])}, expected "
+                                 f"{np.shape(value)}")
+        self._load(state)
+
+    def _load(self, state: dict) -> None:
+        raise NotImplementedError
+
 
 class SGD(Optimizer):
     """Stochastic gradient descent, ``torch.optim.SGD``.
@@ -92,6 +115,24 @@ class SGD(Optimizer):
             raise ValueError("nesterov momentum needs momentum > 0 and dampening = 0")
         #: one momentum buffer per parameter; None until the first step
         self.momentum_buffers: list[np.ndarray | None] = [None] * len(self.params)
+
+    def state_dict(self) -> dict:
+        # a buffer not yet created (before the first step) is stored as an empty array
+        return {f"momentum_buffer.{i}": (np.empty(0) if b is None else b.copy())
+                for i, b in enumerate(self.momentum_buffers)}
+
+    def load_state_dict(self, state: dict) -> None:
+        # buffers may be absent (empty) or of the parameter's shape: checked one by one
+        for i, param in enumerate(self.params):
+            key = f"momentum_buffer.{i}"
+            if key not in state:
+                raise KeyError(f"SGD.load_state_dict: missing key {key!r}")
+            if np.size(state[key]) and np.shape(state[key]) != param.shape:
+                raise ValueError(f"state[{key!r}] has shape {np.shape(state[key])}, expected "
+                                 f"{param.shape}")
+        self.momentum_buffers = [np.array(state[f"momentum_buffer.{i}"], dtype=p.dtype)
+                                 if np.size(state[f"momentum_buffer.{i}"]) else None
+                                 for i, p in enumerate(self.params)]
 
     def step(self) -> None:
         """Update every parameter's ``.data`` from its ``.grad``."""
@@ -150,6 +191,19 @@ class Adam(Optimizer):
         self.step_count = 0
         self.exp_avg = [np.zeros_like(param.data) for param in self.params]
         self.exp_avg_sq = [np.zeros_like(param.data) for param in self.params]
+
+    def state_dict(self) -> dict:
+        state = {"step_count": np.asarray(self.step_count, dtype=np.int64)}
+        for i, (m, v) in enumerate(zip(self.exp_avg, self.exp_avg_sq)):
+            state[f"exp_avg.{i}"] = m.copy()
+            state[f"exp_avg_sq.{i}"] = v.copy()
+        return state
+
+    def _load(self, state: dict) -> None:
+        self.step_count = int(state["step_count"])
+        for i, (m, v) in enumerate(zip(self.exp_avg, self.exp_avg_sq)):
+            np.copyto(m, state[f"exp_avg.{i}"])
+            np.copyto(v, state[f"exp_avg_sq.{i}"])
 
     def step(self) -> None:
         """Update every parameter's ``.data`` from its ``.grad``."""

@@ -40,14 +40,13 @@ from __future__ import annotations
 import json
 import math
 import numbers
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from .. import _checks
+from .._files import atomic_write
 
 __all__ = ["CocoDetection", "CocoFormatError", "coco_ground_truth", "save_coco",
            "BOX_TOLERANCE"]
@@ -106,13 +105,13 @@ def save_coco(dataset, directory, categories=None) -> Path:
     for image, image_entry, entries in _entries(dataset):
         pixels = np.round(np.clip(image, 0.0, 1.0) * 255).astype(np.uint8).transpose(1, 2, 0)
         picture = Image.fromarray(np.ascontiguousarray(pixels), mode="RGB")
-        _atomic_write(image_dir / image_entry["file_name"],
+        atomic_write(image_dir / image_entry["file_name"],
                       lambda f, picture=picture: picture.save(f, format="PNG"), binary=True)
         images.append(image_entry)
         annotations.extend(entries)
     coco = _assemble(dataset, images, annotations, categories)
     path = directory / "annotations.json"
-    _atomic_write(path, lambda f: json.dump(coco, f), binary=False)
+    atomic_write(path, lambda f: json.dump(coco, f), binary=False)
     return path
 
 
@@ -154,23 +153,6 @@ def _assemble(dataset, images, annotations, categories) -> dict:
             raise ValueError(f"label {a['category_id']} of image {a['image_id']} is not among "
                              f"the category ids {sorted(known)}")
     return {"images": images, "annotations": annotations, "categories": categories}
-
-
-def _atomic_write(path: Path, write, *, binary: bool) -> None:
-    """Run ``write(file)`` on a temporary file next to ``path``, then rename it to ``path``;
-    on any error the temporary file is removed and ``path`` is untouched."""
-    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    mode, encoding = ("wb", None) if binary else ("w", "utf-8")
-    try:
-        with os.fdopen(fd, mode, encoding=encoding) as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(temporary, 0o644)   # mkstemp's 0600 would make the data private
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 # ---------------------------------------------------------------------------- reading

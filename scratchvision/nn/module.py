@@ -220,6 +220,22 @@ class Module:
     def __call__(self, *inputs, **kwargs):
         return self.forward(*inputs, **kwargs)
 
+    def saved_state(self) -> list:
+        """What this module and every submodule remembered from their most recent forward.
+
+        A layer applied to several inputs with the same parameters -- a detection head run on
+        every pyramid level -- keeps one such state per input and hands each back with
+        :meth:`restore_saved_state` before that input's backward: the weights are shared, the
+        activations are not.
+        """
+        return [(module, module._saved) for module in self.modules()]
+
+    @staticmethod
+    def restore_saved_state(state: list) -> None:
+        """Make every module of ``state`` (from :meth:`saved_state`) remember that forward."""
+        for module, saved in state:
+            object.__setattr__(module, "_saved", saved)
+
     def _save_for_backward(self, **values) -> None:
         """Remember what ``backward`` needs; replaces what the previous forward saved."""
         object.__setattr__(self, "_saved", values)

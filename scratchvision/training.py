@@ -1,0 +1,352 @@
+"""The engine of ``scratchvision train``, ``evaluate`` and ``detect``.
+
+A training run writes, in its output folder:
+
+* ``config.json`` -- the model's name and constructor arguments and the training settings
+  (written once, when the run starts; ``--resume`` checks that they match);
+* ``checkpoint.npz`` -- the model's ``state_dict`` (``model.<name>``), the optimizer's state
+  (``optimizer.<name>``), the step reached and the loss history, all in one file written
+  atomically (:func:`scratchvision._files.atomic_write`): a kill during a save leaves the
+  previous checkpoint, never a broken one;
+* at the end, ``metrics.json`` (COCO's twelve numbers on the held-out images, the training
+  time, the parameter count) and ``loss.png`` (the loss curves).
+
+Determinism: image ``i`` of the training stream is a pure function of ``(seed, i)``, the
+weights start from ``seed``, and every kernel of the numba and NumPy tiers sums in a fixed
+order, so two runs with the same seed and backend write identical checkpoints, and a run
+resumed from a checkpoint continues exactly as if it had never stopped.
+
+The held-out set is the same for every model and seed: ``ShapesDataset(n, seed=HELD_OUT_SEED)``,
+generated from a seed no training run uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from . import _checks
+from ._files import atomic_write
+from .data import ShapesDataset, coco_ground_truth
+from .detection import ImagePyramid, coco_evaluate
+from .models import MODELS, build_model
+from .optim import Adam
+
+__all__ = ["TrainConfig", "RunError", "CheckpointError", "train", "load_run", "evaluate_model",
+           "held_out_set", "detections_to_coco", "plot_losses", "read_image",
+           "draw_detections", "HELD_OUT_SEED", "PYRAMID_SCALES"]
+
+#: the seed of the held-out images (no training stream uses it)
+HELD_OUT_SEED = 1_000_003
+#: the test-time pyramid for ``--tta``: the small objects a stride-16 map misses, seen bigger
+PYRAMID_SCALES = (1.0, 1.5, 2.0)
+CONFIG_FILE, CHECKPOINT_FILE = "config.json", "checkpoint.npz"
+METRICS_FILE, LOSS_PLOT = "metrics.json", "loss.png"
+#: the loss parts recorded per step, in the history's columns
+HISTORY_COLUMNS = ("total", "classification", "box_regression")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that defines a training run (and goes into ``config.json``).
+
+    ``warmup_steps``: the learning rate rises linearly from 0 over these first steps;
+    ``decay_at``: at this fraction of the run it drops tenfold (a step schedule).
+    """
+
+    model: str
+    steps: int
+    batch_size: int = 8
+    lr: float = 1e-3
+    seed: int = 0
+    backend: str = "auto"
+    image_size: int = 256
+    eval_images: int = 200
+    checkpoint_every: int = 250
+    warmup_steps: int = 100
+    decay_at: float = 0.8
+    model_config: dict = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        _checks.choice(self.model, "model", MODELS)
+        for name in ("steps", "batch_size", "image_size", "eval_images", "checkpoint_every"):
+            _checks.positive_int(getattr(self, name), name)
+        _checks.nonnegative_int(self.seed, "seed")
+        _checks.nonnegative_int(self.warmup_steps, "warmup_steps")
+        _checks.real_number(self.lr, "lr", finite=True, positive=True)
+        _checks.number_in_range(self.decay_at, "decay_at", 0.0, 1.0)
+
+    def learning_rate(self, step: int) -> float:
+        """The learning rate of step ``step`` (0-based): warm-up, then a tenfold drop."""
+        lr = self.lr * min(1.0, (step + 1) / max(1, self.warmup_steps))
+        return lr * (0.1 if step >= self.decay_at * self.steps else 1.0)
+
+
+class RunError(Exception):
+    """Bad input to a command: the message says what was given and what was expected."""
+
+
+class CheckpointError(RunError):
+    """A run folder that cannot be read: the message names the file and the key."""
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+def _model_kwargs(config: TrainConfig) -> dict:
+    return dict(config.model_config, rng=config.seed, backend=config.backend)
+
+
+def _save(directory: Path, model, optimizer, step: int, history: np.ndarray) -> None:
+    """Write ``checkpoint.npz`` atomically."""
+    arrays = {f"model.{k}": v for k, v in model.state_dict().items()}
+    arrays.update({f"optimizer.{k}": v for k, v in optimizer.state_dict().items()})
+    arrays["step"] = np.asarray(step, dtype=np.int64)
+    arrays["history"] = history
+    atomic_write(directory / CHECKPOINT_FILE, lambda f: np.savez(f, **arrays), binary=True)
+
+
+def _read_config(directory: Path) -> TrainConfig:
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file (is {directory} a training run folder?)")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: not a readable JSON file ({exc})") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(raw).__name__}")
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(raw) - fields)
+    if unknown:
+        raise CheckpointError(f"{path}: unknown key(s) {unknown}")
+    for key in ("model", "steps"):
+        if key not in raw:
+            raise CheckpointError(f"{path}: missing key {key!r}")
+    try:
+        return TrainConfig(**raw)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+
+
+def _read_checkpoint(directory: Path, model, optimizer=None) -> tuple[int, np.ndarray]:
+    """Load ``checkpoint.npz`` into ``model`` (and ``optimizer``); return (step, history)."""
+    path = directory / CHECKPOINT_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file (the run has not saved a checkpoint)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise CheckpointError(f"{path}: not a readable .npz checkpoint ({exc})") from None
+    for key in ("step", "history"):
+        if key not in arrays:
+            raise CheckpointError(f"{path}: missing key {key!r}")
+    try:
+        model.load_state_dict({k[len("model."):]: v for k, v in arrays.items()
+                               if k.startswith("model.")})
+        if optimizer is not None:
+            optimizer.load_state_dict({k[len("optimizer."):]: v for k, v in arrays.items()
+                                       if k.startswith("optimizer.")})
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+    return int(arrays["step"]), arrays["history"]
+
+
+def load_run(directory):
+    """The trained model of a run folder and its :class:`TrainConfig`; raises
+    :class:`CheckpointError` naming the file and the key when something is missing or
+    broken."""
+    directory = Path(directory)
+    config = _read_config(directory)
+    model = build_model(config.model, **_model_kwargs(config))
+    _read_checkpoint(directory, model)
+    return model.eval(), config
+
+
+# ----------------------------------------------------------------------------- training
+
+def _batch(dataset, start: int, size: int):
+    items = [dataset[i] for i in range(start, start + size)]
+    return np.stack([image for image, _ in items]), [target for _, target in items]
+
+
+def train(config: TrainConfig, directory, resume: bool = False, progress: bool = True) -> dict:
+    """Train ``config.model`` into the run folder ``directory`` and evaluate it; returns the
+    metrics dict that ``metrics.json`` holds.
+
+    ``resume=True`` continues the run saved in ``directory`` (its ``config.json`` must equal
+    ``config``); otherwise ``directory`` must not already hold a run.
+    """
+    from tqdm import tqdm
+
+    directory = Path(directory)
+    model = build_model(config.model, **_model_kwargs(config))
+    optimizer = Adam(model.parameters(), lr=config.lr)
+    history = np.zeros((config.steps, len(HISTORY_COLUMNS)))
+    start = 0
+    if resume:
+        saved = _read_config(directory)
+        if saved != config:
+            raise CheckpointError(f"{directory / CONFIG_FILE}: the saved settings differ from "
+                                  f"this command's: {dataclasses.asdict(saved)} vs "
+                                  f"{dataclasses.asdict(config)}")
+        start, saved_history = _read_checkpoint(directory, model, optimizer)
+        history[:min(len(saved_history), config.steps)] = saved_history[:config.steps]
+    else:
+        if (directory / CHECKPOINT_FILE).exists():
+            raise CheckpointError(f"{directory / CHECKPOINT_FILE}: a run already lives here; "
+                                  f"pass --resume to continue it or choose another --out")
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write(directory / CONFIG_FILE, lambda f: json.dump(
+            dataclasses.asdict(config), f, indent=1), binary=False)
+    stream = ShapesDataset(config.steps * config.batch_size, config.image_size, config.seed)
+    began = time.perf_counter()
+    bar = tqdm(range(start, config.steps), initial=start, total=config.steps,
+               disable=not progress, desc=f"train {config.model}", unit="step")
+    for step in bar:
+        images, targets = _batch(stream, step * config.batch_size, config.batch_size)
+        outputs = model(images)
+        parts, grads = model.loss(outputs, targets)
+        model.zero_grad()
+        model.backward(grads)
+        optimizer.lr = config.learning_rate(step)
+        optimizer.step()
+        history[step] = (parts.total, parts.classification, parts.box_regression)
+        bar.set_postfix(loss=f"{parts.total:.3f}", cls=f"{parts.classification:.3f}",
+                        box=f"{parts.box_regression:.3f}", refresh=False)
+        if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
+            _save(directory, model, optimizer, step + 1, history)
+    bar.close()
+    seconds = time.perf_counter() - began
+    evaluation = evaluate_model(model.eval(), config)
+    metrics = {
+        "model": config.model, "seed": config.seed, "steps": config.steps,
+        "batch_size": config.batch_size, "backend": config.backend,
+        "parameters": int(sum(p.size for p in model.parameters())),
+        "train_seconds_this_session": round(seconds, 1), "steps_this_session":
+            config.steps - start, "held_out_images": config.eval_images,
+        "stats": dict(zip(evaluation.names, (float(s) for s in evaluation.stats))),
+    }
+    atomic_write(directory / METRICS_FILE, lambda f: json.dump(metrics, f, indent=1),
+                 binary=False)
+    plot_losses(history, directory / LOSS_PLOT, config.model)
+    return metrics
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def held_out_set(config: TrainConfig, count: int | None = None) -> ShapesDataset:
+    """The held-out images every model is evaluated on."""
+    return ShapesDataset(count or config.eval_images, config.image_size, HELD_OUT_SEED)
+
+
+def detections_to_coco(predictions: list[dict], first_image_id: int = 0) -> list[dict]:
+    """torchvision-style predictions, one per image (image ids from ``first_image_id`` on) ->
+    COCO result dicts with ``bbox = [x, y, w, h]``."""
+    results = []
+    for offset, prediction in enumerate(predictions):
+        boxes = np.asarray(prediction["boxes"], dtype=np.float64).reshape(-1, 4)
+        for box, score, label in zip(boxes, prediction["scores"], prediction["labels"]):
+            x1, y1, x2, y2 = (float(v) for v in box)
+            results.append({"image_id": first_image_id + offset, "category_id": int(label),
+                            "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(score)})
+    return results
+
+
+def evaluate_model(model, config: TrainConfig, tta: bool = False, count: int | None = None,
+                   batch_size: int = 8):
+    """COCO evaluation (:func:`~scratchvision.detection.coco_evaluate`) of ``model`` on the
+    held-out set; ``tta`` fuses the predictions of an image pyramid (:data:`PYRAMID_SCALES`,
+    per-class NMS across scales)."""
+    dataset = held_out_set(config, count)
+    pyramid = ImagePyramid(PYRAMID_SCALES)
+    predictions = []
+    for start in range(0, len(dataset), batch_size):
+        images, _ = _batch(dataset, start, min(batch_size, len(dataset) - start))
+        if tta:
+            fused = pyramid.predict_boxes(model.predict, images, fusion="nms")
+            predictions += [{"boxes": d.boxes, "scores": d.scores, "labels": d.labels}
+                            for d in fused]
+        else:
+            predictions += model.predict(images)
+    return coco_evaluate(coco_ground_truth(dataset), detections_to_coco(predictions))
+
+
+# ----------------------------------------------------------------------------- figures
+
+def plot_losses(history: np.ndarray, path, title: str) -> None:
+    """The loss parts against the step (a running mean over 20 steps), saved atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = np.arange(1, len(history) + 1)
+    window = min(20, len(history))
+    kernel = np.ones(window) / window
+    for column, name in enumerate(HISTORY_COLUMNS):
+        smooth = np.convolve(history[:, column], kernel, mode="valid")
+        ax.plot(steps[window - 1:], smooth, label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel(f"loss (running mean of {window})")
+    ax.set_title(f"scratchvision train --model {title}")
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110), binary=True)
+    plt.close(fig)
+
+
+# ----------------------------------------------------------------------------- detect
+
+def read_image(path) -> np.ndarray:
+    """An image file as (3, H, W) float32 in [0, 1] (Pillow; any mode converted to RGB);
+    :class:`RunError` names the file when it cannot be read as an image."""
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        with Image.open(path) as image:
+            rgb = np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    except FileNotFoundError:
+        raise RunError(f"{path}: no such image file") from None
+    except (OSError, UnidentifiedImageError) as exc:
+        raise RunError(f"{path}: not a readable image ({exc})") from None
+    return np.ascontiguousarray(rgb.transpose(2, 0, 1))  # (H, W, 3) -> (3, H, W)
+
+
+def draw_detections(image: np.ndarray, detections: dict, path, class_names,
+                    score_threshold: float = 0.3) -> int:
+    """Draw the boxes scoring above ``score_threshold`` on ``image`` (3, H, W), with their
+    class name and score, and save the figure to ``path`` (PNG, atomically). Returns how many
+    boxes were drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    height, width = image.shape[1:]
+    fig, ax = plt.subplots(figsize=(width / 80, height / 80), dpi=100)
+    ax.imshow(image.transpose(1, 2, 0).clip(0, 1))
+    drawn = 0
+    for box, score, label in zip(detections["boxes"], detections["scores"],
+                                 detections["labels"]):
+        if score < score_threshold:
+            continue
+        x1, y1, x2, y2 = box
+        ax.add_patch(plt.Rectangle((x1, y1), x2 - x1, y2 - y1, fill=False, lw=1.5,
+                                   edgecolor="yellow"))
+        name = class_names[int(label) - 1] if 0 < label <= len(class_names) else str(label)
+        ax.text(x1, y1 - 1, f"{name} {score:.2f}", color="black", fontsize=7,
+                bbox=dict(facecolor="yellow", alpha=0.8, pad=1, lw=0))
+        drawn += 1
+    ax.set_axis_off()
+    fig.tight_layout(pad=0)
+    atomic_write(path, lambda f: fig.savefig(f, format="png"), binary=True)
+    plt.close(fig)
+    return drawn
