@@ -157,13 +157,21 @@ def _sample_kernel(padded, points, out, chunks_per_image, block, tiles, one, sca
 
 @njit(**_JIT)
 def _sample_backward_kernel(gy, padded, points, grad_points, buffers, chunks_per_image,
-                            block, tiles, scratch, one):
+                            block, tiles, scratch, one, scale, use_scale, values,
+                            value_tiles, grad_scale):
     """Fused eqs. (5)-(7) for one chunk of points per work item.
 
     gy (N, C, P), padded (N, H + 2, W + 2, C), points (N, P, 2) -> grad_points (N, P, 2) and
     ``buffers`` (N * chunks_per_image, H + 2, W + 2, C): work item ``item`` scatters eq. (5)
     into ``buffers[item]`` only, using ``tiles[item]`` (block, C) for a transposed block of gy
-    and ``scratch[item]`` (2, C) for the per-channel terms of eqs. (6)-(7).
+    and ``scratch[item]`` (3, C) for the per-channel terms of eqs. (6)-(7) and of the scale's
+    gradient.
+
+    With ``use_scale`` the sampled function is ``scale[n, p] * sample`` (deformable
+    convolution's mask): the upstream gradient of the sample becomes ``scale * gy``, the
+    scale's own gradient ``grad_scale[n, p] = sum_c gy * sample`` is written, and the scaled
+    samples themselves go to ``values`` (N, C, P) through ``value_tiles`` -- the forward's
+    values, recomputed from the taps this kernel reads anyway.
     """
     n_batch, channels, n_points = gy.shape
     height = padded.shape[1] - 2
@@ -173,9 +181,11 @@ def _sample_backward_kernel(gy, padded, points, grad_points, buffers, chunks_per
         n = item // chunks_per_image
         k = item % chunks_per_image
         tile = tiles[item]
+        value_tile = value_tiles[item]
         grad_image = buffers[item]
         terms_x = scratch[item, 0]
         terms_y = scratch[item, 1]
+        terms_s = scratch[item, 2]
         for start in range(k * n_points // chunks_per_image,
                            (k + 1) * n_points // chunks_per_image, block):
             stop = min(start + block, (k + 1) * n_points // chunks_per_image)
@@ -191,18 +201,28 @@ def _sample_backward_kernel(gy, padded, points, grad_points, buffers, chunks_per
                 if not (x >= -1 and x < width and y >= -1 and y < height):
                     grad_points[n, p, 0] = zero
                     grad_points[n, p, 1] = zero
+                    if use_scale:
+                        grad_scale[n, p] = zero
+                        for c in range(channels):
+                            value_tile[j, c] = zero
                     continue
                 x0, y0, ax, ay, w00, w01, w10, w11 = cell_and_weights(x, y, one)
                 row, col = y0 + 1, x0 + 1  # (y0, x0) in the zero-bordered image
+                s = scale[n, p] if use_scale else one
                 # eq. (2): the weights' partial derivatives
                 dx00, dx01, dx10, dx11 = -(one - ay), one - ay, -ay, ay
                 dy00, dy01, dy10, dy11 = -(one - ax), -ax, one - ax, ax
                 for c in range(channels):
-                    g = tile[j, c]
                     v00 = padded[n, row, col, c]
                     v01 = padded[n, row, col + 1, c]
                     v10 = padded[n, row + 1, col, c]
                     v11 = padded[n, row + 1, col + 1, c]
+                    g = tile[j, c]
+                    if use_scale:
+                        sampled = (w00 * v00 + w01 * v01) + (w10 * v10 + w11 * v11)  # eq. (4)
+                        terms_s[c] = g * sampled  # the scale's gradient, one channel's share
+                        value_tile[j, c] = s * sampled
+                        g = s * g  # the sample's upstream gradient
                     # eq. (5): scatter into this chunk's own buffer (border cells are discarded)
                     grad_image[row, col, c] += w00 * g
                     grad_image[row, col + 1, c] += w01 * g
@@ -213,6 +233,12 @@ def _sample_backward_kernel(gy, padded, points, grad_points, buffers, chunks_per
                     terms_y[c] = g * (dy00 * v00 + dy01 * v01 + dy10 * v10 + dy11 * v11)
                 grad_points[n, p, 0] = _lane_sum(terms_x, channels, zero)
                 grad_points[n, p, 1] = _lane_sum(terms_y, channels, zero)
+                if use_scale:
+                    grad_scale[n, p] = _lane_sum(terms_s, channels, zero)
+            if use_scale:  # (block, C) value tile -> values[n, :, start:stop]
+                for c in range(channels):
+                    for j in range(stop - start):
+                        values[n, c, start + j] = value_tile[j, c]
 
 
 @njit(**_JIT)
@@ -272,15 +298,19 @@ def sample(image: np.ndarray, points: np.ndarray, scale=None) -> np.ndarray:
     return out
 
 
-def sample_backward(gy: np.ndarray, image: np.ndarray, points: np.ndarray):
+def sample_backward(gy: np.ndarray, image: np.ndarray, points: np.ndarray, scale=None):
     """Vector-Jacobian product of :func:`sample`: eqs. (5)-(7).
 
     Args:
         gy: (N, C, P) upstream gradient.
         image: (N, C, H, W); points: (N, P, 2) pixel (x, y). All one dtype, C-contiguous.
+        scale: None, or (N, P) factors (see :func:`sample`): then the function differentiated
+            is the scaled sample.
 
     Returns:
-        grad_image (N, C, H, W) and grad_points (N, P, 2), same dtype.
+        grad_image (N, C, H, W) and grad_points (N, P, 2), same dtype; with ``scale`` also the
+        scaled samples (N, C, P) -- the forward's output, which the kernel recomputes from the
+        taps it reads anyway -- and grad_scale (N, P).
     """
     n_batch, channels, height, width = image.shape
     n_points = points.shape[1]
@@ -295,12 +325,25 @@ def sample_backward(gy: np.ndarray, image: np.ndarray, points: np.ndarray):
     items = n_batch * chunks
     buffers = np.zeros((items, height + 2, width + 2, channels), dtype=image.dtype)
     tiles = np.empty((items, block, channels), dtype=image.dtype)
-    scratch = np.empty((items, 2, channels), dtype=image.dtype)
+    scratch = np.empty((items, 3, channels), dtype=image.dtype)
     grad_points = np.empty_like(points)
+    use_scale = scale is not None
+    if use_scale:
+        values = np.empty_like(gy)
+        value_tiles = np.empty_like(tiles)
+        grad_scale = np.empty(points.shape[:2], dtype=image.dtype)
+    else:  # writable placeholders of the right types, never touched
+        values = np.empty((0, 0, 0), dtype=image.dtype)
+        value_tiles = np.empty((0, 0, 0), dtype=image.dtype)
+        grad_scale = np.empty((0, 0), dtype=image.dtype)
     _sample_backward_kernel(gy, _padded(image), points, grad_points, buffers, chunks, block,
-                            tiles, scratch, image.dtype.type(1))
+                            tiles, scratch, image.dtype.type(1),
+                            scale if use_scale else points[:, :, 0], use_scale, values,
+                            value_tiles, grad_scale)
     grad_image = np.empty_like(image)
     _sum_buffers(buffers, chunks, grad_image)
+    if use_scale:
+        return grad_image, grad_points, values, grad_scale
     return grad_image, grad_points
 
 

@@ -123,20 +123,20 @@ class ColumnTier:
 
     # ------------------------------------------------------------------ elementwise steps
 
-    def modulate_backward(self, columns: np.ndarray, gamma: np.ndarray, mask):
-        """Given the columns and ``gamma``, the gradient of the *modulated* columns, both
-        (N, G, C / G, K, P): return grad_mask (N, G * K, Ho, Wo) by eq. (8) (None without a
-        mask), and turn, in place, ``columns`` into the modulated columns (for eq. 6) and
-        ``gamma`` into the gradient of the sampled values (eq. 7)."""
+    def sample_backward(self, gamma, images, points, mask):
+        """The sampling's backward, given ``gamma`` (N * G, C / G, K * P), the gradient of the
+        *modulated* columns: returns the modulated columns (for eq. 6), grad_mask (N, G * K,
+        Ho, Wo) by eq. (8) or None, and grad_images, grad_points from the bilinear backward
+        of the sampled values' gradient ``m * gamma`` (eqs. 7, 9, 10)."""
+        columns = self.bilinear.sample(images, points)  # (N * G, C / G, K * P), unmodulated
         if mask is None:
-            return None
-        n_batch, groups, _, n_taps, n_pixels = columns.shape
-        # eq. (8): sum over the channels of the offset group, (N, G, C/G, K, P) -> (N, G, K, P)
-        grad_mask = np.einsum("ngckp,ngckp->ngkp", columns, gamma)
-        mask_b = mask.reshape(n_batch, groups, 1, n_taps, n_pixels)
-        columns *= mask_b
-        gamma *= mask_b  # eq. (7)
-        return grad_mask.reshape(mask.shape)
+            return (columns, None) + tuple(self.bilinear.sample_backward(gamma, images, points))
+        n_images, _, n_samples = columns.shape
+        m = mask.reshape(n_images, 1, n_samples)  # (N, G * K, Ho, Wo) -> (N * G, 1, K * P)
+        grad_mask = np.einsum("icp,icp->ip", columns, gamma).reshape(mask.shape)  # eq. (8)
+        columns *= m
+        grad_images, grad_points = self.bilinear.sample_backward(gamma * m, images, points)
+        return columns, grad_mask, grad_images, grad_points  # eq. (7): gamma * m above
 
     # ------------------------------------------------------------------ the two passes
 
@@ -150,14 +150,20 @@ class ColumnTier:
             columns *= mask.reshape(n_images, 1, n_samples)
         return columns
 
+    @staticmethod
+    def _images_and_points(x, offset, geom, offset_groups):
+        """eq. (1): the bilinear "images" (N * G, C / G, H, W), one per offset group, and their
+        points (N * G, K * P, 2)."""
+        n_batch, channels, height, width = x.shape
+        images = x.reshape(n_batch * offset_groups, channels // offset_groups, height, width)
+        return images, sampling_points(offset, geom)
+
     def _columns(self, x, offset, geom, offset_groups, mask=None):
         """eqs. (1)-(3): points (N * G, K * P, 2) and columns (N, G, C / G, K, P), times the
         mask if one is given."""
-        n_batch, channels, height, width = x.shape
+        n_batch, channels = x.shape[:2]
         n_taps = geom.kernel[0] * geom.kernel[1]
-        points = sampling_points(offset, geom)
-        # (N, C, H, W) -> (N * G, C / G, H, W): one bilinear "image" per offset group
-        images = x.reshape(n_batch * offset_groups, channels // offset_groups, height, width)
+        images, points = self._images_and_points(x, offset, geom, offset_groups)
         columns = self.sample(images, points, mask)  # (N * G, C / G, K * P)
         # (N * G, C / G, K * P) -> (N, G, C / G, K, P)
         shape = (n_batch, offset_groups, channels // offset_groups, n_taps, -1)
@@ -222,16 +228,15 @@ class ColumnTier:
         # eq. (7), Gamma = W^T @ gy:
         # (groups, C/g * K, O/g) @ (N * groups, O/g, P) -> (N * groups, C/g * K, P)
         gamma = self.products(np.ascontiguousarray(matrix.transpose(0, 2, 1)), gy_groups)
-        images, points, columns = self._columns(x, offset, geom, offset_groups)
-        shape = columns.shape
-        gamma = gamma.reshape(shape)  # -> (N, G, C/G, K, P)
-        grad_mask = self.modulate_backward(columns, gamma, mask)  # eq. (8); now m * columns
-        # eqs. (9)-(10): the bilinear backward of the sampled values' gradient m * Gamma
-        grad_images, grad_points = self.bilinear.sample_backward(
-            gamma.reshape(n_batch * offset_groups, shape[2], -1), images, points)
+        images, points = self._images_and_points(x, offset, geom, offset_groups)
+        # (N * groups, C/g * K, P) -> (N * G, C/G, K * P): the same memory
+        gamma = gamma.reshape(images.shape[:2] + (-1,))
+        # eqs. (7)-(10): modulated columns, grad_mask and the bilinear backward
+        columns, grad_mask, grad_images, grad_points = self.sample_backward(gamma, images,
+                                                                            points, mask)
         # eq. (6): sum_n gy[n] @ (m * columns[n])^T,
         # (N * groups, O/g, P) @ (N * groups, P, C/g * K) -> (N, groups, O/g, C/g * K), summed
-        modulated = columns.reshape(n_batch * weight_groups, -1, shape[-1])
+        modulated = columns.reshape(n_batch * weight_groups, -1, gy_groups.shape[-1])
         per_image = self.products(gy_groups, modulated, b_transposed=True)
         grad_weight = per_image.reshape((n_batch,) + matrix.shape).sum(axis=0)
         return (grad_images.reshape(x.shape), offset_gradient(grad_points, offset.shape),

@@ -10,11 +10,11 @@ numpy tier; read it first). What this tier changes, and why:
   runs are bit-identical.
 * **The mask** (eqs. 2, 7, 8) costs no pass of its own in the forward: the sampling kernel
   scales each point's four bilinear weights by the point's mask value before it sums the
-  taps. In the backward, :func:`_modulate_backward_kernel` makes *one* pass over the columns
-  and their gradient that computes grad_mask (the channel sum of eq. 8, a gather: each output
-  row is written by one work item, summing the channels in order) and scales both arrays by
-  the mask. NumPy needs an einsum and two more passes over arrays of N * C * K * Ho * Wo
-  values for that.
+  taps. In the backward, the bilinear backward kernel takes the mask as the points' scale and,
+  in the same pass over the taps, recomputes the modulated columns (eq. 6 needs them) and
+  grad_mask (eq. 8, the channel sum of gamma times the sample, summed in channel order):
+  NumPy resamples the columns and needs an einsum and two more passes over arrays of
+  N * C * K * Ho * Wo values for that.
 * **The GEMMs** run in numba's threads (:func:`scratchvision.ops.gemm.matmul`: blocks of rows,
   one single-threaded BLAS call each), so the tier's sampling kernels and its products share
   one thread pool and no pool's waiting workers take the cores from another's (see
@@ -38,27 +38,6 @@ from .columns import ColumnTier
 _JIT = {"parallel": True, "cache": True, "fastmath": False}
 
 
-@njit(**_JIT)
-def _modulate_backward_kernel(columns, gamma, mask, grad_mask):
-    """One pass over columns and gamma (N, G, C/G, K, P) with mask (N, G, K, P):
-    grad_mask[n, g, k] = sum_c columns * gamma (eq. 8, channels in order), then
-    columns *= mask (for eq. 6) and gamma *= mask (eq. 7), in place."""
-    n_batch, groups, group_channels, n_taps, n_pixels = columns.shape
-    for row in prange(n_batch * groups * n_taps):
-        k = row % n_taps
-        n = row // (groups * n_taps)
-        g = (row // n_taps) % groups
-        m = mask[n, g, k]
-        total = grad_mask[n, g, k]  # (P,), zero on entry
-        for c in range(group_channels):
-            col = columns[n, g, c, k]
-            gam = gamma[n, g, c, k]
-            for p in range(n_pixels):
-                total[p] += col[p] * gam[p]  # eq. (8)
-                col[p] *= m[p]
-                gam[p] *= m[p]  # eq. (7)
-
-
 class _NumbaColumnTier(ColumnTier):
     """:class:`ColumnTier` on the numba bilinear tier, with the mask steps as kernels and the
     matrix products in numba's threads."""
@@ -71,13 +50,16 @@ class _NumbaColumnTier(ColumnTier):
         scale = None if mask is None else mask.reshape(images.shape[0], -1)  # (N * G, K * P)
         return _bilinear.sample(images, points, scale)
 
-    def modulate_backward(self, columns, gamma, mask):
+    def sample_backward(self, gamma, images, points, mask):
+        """One pass instead of three: the bilinear backward kernel, given the mask as the
+        points' scale, also recomputes the modulated columns and grad_mask from the taps it
+        reads anyway (see :func:`scratchvision.ops.bilinear.numba_cpu.sample_backward`)."""
         if mask is None:
-            return None
-        per_tap = columns.shape[:2] + columns.shape[3:]  # (N, G, K, P)
-        grad_mask = np.zeros(per_tap, dtype=columns.dtype)
-        _modulate_backward_kernel(columns, gamma, mask.reshape(per_tap), grad_mask)
-        return grad_mask.reshape(mask.shape)
+            return super().sample_backward(gamma, images, points, None)
+        scale = mask.reshape(images.shape[0], -1)  # (N, G * K, Ho, Wo) -> (N * G, K * P)
+        grad_images, grad_points, columns, grad_scale = _bilinear.sample_backward(
+            gamma, images, points, scale)
+        return columns, grad_scale.reshape(mask.shape), grad_images, grad_points
 
 
 _tier = _NumbaColumnTier(_bilinear)
