@@ -9,8 +9,8 @@ times, in one process and on the same inputs:
 
 Each contender is run once to warm up (numba compiles or loads its cache, torch allocates),
 then ``repeats`` times, forward and forward+backward, with the contenders *interleaved* within
-each repeat -- the reference first, then our tiers, as a user comparing the two in a notebook
-runs them -- so that a burst of load from elsewhere on the machine hits all of them alike.
+each repeat -- the reference first, then our tiers (numba, cuda, numpy: see
+``TIMING_ORDER``), as a user comparing the two in a notebook runs them -- so that a burst of load from elsewhere on the machine hits all of them alike.
 ``--runs K`` does all of that K times (K runs, each its own warm-up and medians) and reports
 the median over the runs and their range: a speed-up holds only if it holds run after run,
 not on the best run. The table reports median milliseconds and the speed-up over the
@@ -38,6 +38,13 @@ from .verify import bench_cases, suites_with
 REPEATS = 7
 QUICK_REPEATS = 2
 DTYPE = "float32"
+
+# The order the contenders run in within each round: the reference, then the fast tiers, then
+# NumPy's. The numba tier follows torch, as in a user's notebook; the NumPy tier runs last
+# because its BLAS products leave OpenBLAS's workers busy-waiting for a while, which would slow
+# whatever ran right after it (see the design page, "Thread pools").
+TIMING_ORDER = ("numba", "cuda", "numpy", "loop")
+assert sorted(TIMING_ORDER) == sorted(TIERS)
 
 # tier -> why it is not timed (in addition to tiers that cannot run here at all)
 NOT_TIMED = {"loop": "not timed: pure-Python loops, far too slow at these shapes"}
@@ -113,7 +120,7 @@ def _synchronised(fn: Timed | None, torch) -> Timed | None:
 def _contenders(case: BenchCase, inputs: dict, torch, notes: list) -> list[Contender]:
     """Everything to time for ``case``; what is left out is explained in ``notes``."""
     found = _references(case, inputs, torch, notes)
-    for tier in TIERS:
+    for tier in TIMING_ORDER:
         status = tier_status(tier)
         if tier not in case.tiers:
             notes.append((tier, f"not timed: {case.name} has no {tier} tier"))
