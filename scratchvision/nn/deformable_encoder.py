@@ -31,6 +31,8 @@ from .init import as_generator, float_dtype, xavier_uniform
 from .linear import Linear
 from .module import Module, Parameter
 from .norm import LayerNorm
+from .position_encoding import PositionEmbeddingSine
+from .post_norm import add_and_norm, add_and_norm_backward, feed_forward, feed_forward_backward
 
 __all__ = ["DeformableEncoderLayer", "encoder_reference_points", "sine_position_encoding"]
 
@@ -78,8 +80,10 @@ def encoder_reference_points(spatial_shapes, valid_ratios=None) -> np.ndarray:
 
 def sine_position_encoding(mask, d_model: int, temperature: float = 10000.0,
                            scale: float = 2 * math.pi) -> np.ndarray:
-    """The sine positional encoding of DETR (``PositionEmbeddingSine(normalize=True)``, in
-    Deformable DETR's variant, which measures from pixel centres), flattened for the encoder.
+    """The sine positional encoding of DETR in Deformable DETR's variant (which measures from
+    pixel centres), flattened for the encoder: :class:`~scratchvision.nn.PositionEmbeddingSine`
+    with ``num_pos_feats = d_model / 2`` and ``normalize=True``, reshaped from (N, C, H, W) to
+    the (N, H*W, C) layout of the flattened features.
 
     Each unpadded pixel gets its row and column number counted from 1 within the valid area,
     ``y_embed`` and ``x_embed`` (cumulative sums of the non-padding mask), shifted by -0.5 to
@@ -94,39 +98,19 @@ def sine_position_encoding(mask, d_model: int, temperature: float = 10000.0,
         mask: (N, H, W) bool, True at padded pixels (all False for unpadded images).
         d_model: C, the number of channels; a multiple of 4 (sin and cos of each coordinate).
         temperature: T, the base of the geometric sequence of wavelengths.
-        scale: the largest normalised coordinate (2 pi, one full turn of the slowest sine).
+        scale: the largest normalised coordinate (2 pi, one full turn of the fastest sine).
 
     Returns:
         (N, H*W, C) float64, row-major positions like the flattened features.
     """
-    mask = np.asarray(mask)
-    if mask.dtype != np.bool_:
-        raise TypeError(f"mask must be a boolean array (True marks padding), got dtype "
-                        f"{mask.dtype}")
-    if mask.ndim != 3:
-        raise ValueError(f"mask must have 3 dimensions (N, H, W), got shape {mask.shape}")
     d_model = _checks.positive_int(d_model, "d_model")
     if d_model % 4:
         raise ValueError(f"d_model must be a multiple of 4 (sin and cos of x and y), got "
                          f"{d_model}")
-    n_batch, height, width = mask.shape
-    not_mask = ~mask
-    y_embed = np.cumsum(not_mask, axis=1, dtype=np.float64)  # (N, H, W), 1, 2, ... per column
-    x_embed = np.cumsum(not_mask, axis=2, dtype=np.float64)  # (N, H, W), 1, 2, ... per row
-    eps = 1e-6  # the valid size is 0 in a fully padded column or row
-    y_embed = (y_embed - 0.5) / (y_embed[:, -1:, :] + eps) * scale
-    x_embed = (x_embed - 0.5) / (x_embed[:, :, -1:] + eps) * scale
-    n_feats = d_model // 2  # F per coordinate
-    wavelength = temperature ** (2 * np.arange(n_feats // 2) / n_feats)  # (F/2,)
-
-    def encode(embed: np.ndarray) -> np.ndarray:
-        phase = embed[..., None] / wavelength  # (N, H, W, F/2)
-        # (N, H, W, F/2, 2) -> (N, H, W, F): sin and cos of each frequency side by side
-        return np.stack([np.sin(phase), np.cos(phase)], axis=-1).reshape(
-            n_batch, height, width, n_feats)
-
-    pos = np.concatenate([encode(y_embed), encode(x_embed)], axis=-1)  # (N, H, W, C)
-    return pos.reshape(n_batch, height * width, d_model)  # -> (N, H*W, C)
+    pos = PositionEmbeddingSine(d_model // 2, temperature, normalize=True, scale=scale)(mask)
+    n_batch = pos.shape[0]
+    # (N, C, H, W) -> (N, C, H*W) -> (N, H*W, C)
+    return np.ascontiguousarray(pos.reshape(n_batch, d_model, -1).transpose(0, 2, 1))
 
 
 class DeformableEncoderLayer(Module):
@@ -209,11 +193,15 @@ class DeformableEncoderLayer(Module):
         lvl_pos = pos + self.level_embed.data[levels]  # (N, S, C) + (S, C)
         src2 = self.self_attn(src + lvl_pos, reference_points, src, spatial_shapes,
                               level_start_index, padding_mask)
-        x = self.norm1(src + src2)
-        # NOTE: relu's derivative at exactly 0 is taken as 0 (ReLU's convention)
-        ffn = self.linear2(self.activation(self.linear1(x)))
+        x = add_and_norm(src, src2, self.norm1)
         self._save_for_backward(levels=levels)
-        return self.norm2(x + ffn)
+        # NOTE: relu's derivative at exactly 0 is taken as 0 (ReLU's convention)
+        return feed_forward(x, **self._ffn())
+
+    def _ffn(self) -> dict:
+        """The submodules of the feed-forward sublayer, as :mod:`.post_norm` takes them."""
+        return dict(linear1=self.linear1, activation=self.activation, linear2=self.linear2,
+                    norm=self.norm2)
 
     def _level_of_each_position(self, spatial_shapes, n_positions: int) -> np.ndarray:
         """(S,) int64: the level of every flattened position, ``l`` repeated ``H_l W_l``
@@ -241,14 +229,11 @@ class DeformableEncoderLayer(Module):
         queries. Likewise x, the output of norm1, reaches norm2 directly and through the FFN.
         """
         levels = self._saved_for_backward()["levels"]
-        g_pre2 = self.norm2.backward(grad)  # the gradient of x + ffn
-        g_ffn_input = self.linear1.backward(self.activation.backward(
-            self.linear2.backward(g_pre2)))
-        g_x = g_pre2 + g_ffn_input  # the residual path plus the FFN path
-        g_pre1 = self.norm1.backward(g_x)  # the gradient of src + src2
-        g_query, grad_ref, g_flat = self.self_attn.backward(g_pre1)
+        g_x = feed_forward_backward(grad, **self._ffn())  # the residual path plus the FFN path
+        g_residual, g_src2 = add_and_norm_backward(g_x, self.norm1)  # both: that of src + src2
+        g_query, grad_ref, g_flat = self.self_attn.backward(g_src2)
         # level_embed[l] was added to every position of level l in every image
         g_level = np.zeros_like(self.level_embed.data)
         np.add.at(g_level, levels, g_query.sum(axis=0))  # (N, S, C) -> (S, C) -> (L, C)
         self.level_embed.accumulate(g_level)
-        return g_pre1 + g_flat + g_query, g_query, grad_ref
+        return g_residual + g_flat + g_query, g_query, grad_ref
