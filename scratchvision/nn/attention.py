@@ -22,7 +22,7 @@ import numpy as np
 
 from .. import _checks
 from .init import as_generator, float_dtype, xavier_uniform
-from .linear import Linear
+from .linear import Linear, affine, affine_backward, batched_matmul
 from .module import Module, Parameter
 
 __all__ = ["softmax", "softmax_backward", "MultiheadAttention"]
@@ -196,17 +196,18 @@ class MultiheadAttention(Module):
                                                                  key_padding_mask)
         scale = 1.0 / math.sqrt(self.head_dim)
         (wq, bq), (wk, bk), (wv, bv) = self._in_proj_blocks()
-        q = _split_heads(_affine(query, wq, bq), self.num_heads)  # (3), (4): (N, M, Lq, hd)
-        k = _split_heads(_affine(key, wk, bk), self.num_heads)  # (N, M, Lk, hd)
-        v = _split_heads(_affine(value, wv, bv), self.num_heads)  # (N, M, Lk, hd)
+        q = _split_heads(affine(query, wq, bq), self.num_heads)  # (3), (4): (N, M, Lq, hd)
+        k = _split_heads(affine(key, wk, bk), self.num_heads)  # (N, M, Lk, hd)
+        v = _split_heads(affine(value, wv, bv), self.num_heads)  # (N, M, Lk, hd)
         q_scaled = q * scale
-        s = q_scaled @ k.swapaxes(-1, -2)  # (5): (N, M, Lq, hd) @ (N, M, hd, Lk) -> (N, M, Lq, Lk)
+        # (5): (N, M, Lq, hd) @ (N, M, hd, Lk) -> (N, M, Lq, Lk)
+        s = batched_matmul(q_scaled, k.swapaxes(-1, -2))
         if key_padding_mask is not None:
             # (N, Lk) -> (N, 1, 1, Lk), broadcast over heads and queries
             s = np.where(key_padding_mask[:, None, None, :], -np.inf, s)
         a = softmax(s, axis=-1)  # (6)
         # (7): (N, M, Lq, Lk) @ (N, M, Lk, hd) -> (N, M, Lq, hd) -> (N, Lq, E)
-        c = _merge_heads(a @ v)
+        c = _merge_heads(batched_matmul(a, v))
         self._save_for_backward(query=query, key=key, value=value, q_scaled=q_scaled, k=k, v=v,
                                 a=a)
         self.last_attention = a
@@ -238,18 +239,20 @@ class MultiheadAttention(Module):
                              "the shape of forward's output")
         scale = 1.0 / math.sqrt(self.head_dim)
         grad_c = _split_heads(self.out_proj.backward(grad), self.num_heads)  # (9): (N, M, Lq, hd)
-        grad_a = grad_c @ v.swapaxes(-1, -2)  # (10): (N, M, Lq, hd) @ (N, M, hd, Lk)
-        grad_v = a.swapaxes(-1, -2) @ grad_c  # (10): (N, M, Lk, Lq) @ (N, M, Lq, hd)
+        # (10): (N, M, Lq, hd) @ (N, M, hd, Lk) and (N, M, Lk, Lq) @ (N, M, Lq, hd)
+        grad_a = batched_matmul(grad_c, v.swapaxes(-1, -2))
+        grad_v = batched_matmul(a.swapaxes(-1, -2), grad_c)
         # NOTE: a masked key has a = 0 exactly, so (11) gives it grad_s = 0: no gradient flows
         # to its key or value, as with torch's -inf fill.
         grad_s = softmax_backward(grad_a, a, axis=-1)  # (11): (N, M, Lq, Lk)
-        grad_q = (grad_s @ k) * scale  # (12): (N, M, Lq, Lk) @ (N, M, Lk, hd) -> (N, M, Lq, hd)
-        grad_k = grad_s.swapaxes(-1, -2) @ q_scaled  # (12): (N, M, Lk, Lq) @ (N, M, Lq, hd)
+        # (12): (N, M, Lq, Lk) @ (N, M, Lk, hd) and (N, M, Lk, Lq) @ (N, M, Lq, hd)
+        grad_q = batched_matmul(grad_s, k) * scale
+        grad_k = batched_matmul(grad_s.swapaxes(-1, -2), q_scaled)
         grad_inputs, grad_weights, grad_biases = [], [], []
         for x, grad_p, (w, _) in zip((saved["query"], saved["key"], saved["value"]),
                                      (grad_q, grad_k, grad_v), self._in_proj_blocks()):
             grad_p = _merge_heads(grad_p)  # (N, M, L, hd) -> (N, L, E)
-            grad_x, grad_w, grad_b = _affine_backward(grad_p, x, w)  # (13)
+            grad_x, grad_w, grad_b = affine_backward(grad_p, x, w)  # (13)
             grad_inputs.append(grad_x)
             grad_weights.append(grad_w)
             grad_biases.append(grad_b)
@@ -259,16 +262,3 @@ class MultiheadAttention(Module):
             self.in_proj_bias.accumulate(np.concatenate(grad_biases, axis=0))
         return tuple(grad_inputs)
 
-
-def _affine(x: np.ndarray, weight: np.ndarray, bias) -> np.ndarray:
-    """x (N, L, E_in) @ weight^T (E_in, E_out) + bias (E_out,) -> (N, L, E_out)."""
-    y = x @ weight.T
-    return y if bias is None else y + bias
-
-
-def _affine_backward(grad_y: np.ndarray, x: np.ndarray, weight: np.ndarray):
-    """The gradients of :func:`_affine`: grad_y (N, L, E_out), x (N, L, E_in), weight
-    (E_out, E_in) -> (grad_x (N, L, E_in), grad_weight (E_out, E_in), grad_bias (E_out,))."""
-    x_rows = x.reshape(-1, x.shape[-1])  # (N, L, E_in) -> (N*L, E_in)
-    grad_rows = grad_y.reshape(-1, grad_y.shape[-1])  # (N, L, E_out) -> (N*L, E_out)
-    return grad_y @ weight, grad_rows.T @ x_rows, grad_rows.sum(axis=0)

@@ -59,13 +59,15 @@ def _row_blocks(n_products: int, n_rows: int) -> int:
 def matmul(a: np.ndarray, b: np.ndarray, *, b_transposed: bool = False) -> np.ndarray:
     """``a[i % A] @ b[i]`` (or ``@ b[i].T``) for every i: (A, M, K), (B, K, N) -> (B, M, N).
 
-    ``a`` and ``b`` must share one float dtype; they are made C-contiguous if they are not.
+    ``a`` and ``b`` are brought to their common float dtype and made C-contiguous (copies
+    only where they are not already).
     """
-    a = np.ascontiguousarray(a)
-    b = np.ascontiguousarray(b)
+    dtype = np.result_type(a, b)
+    a = np.ascontiguousarray(a, dtype=dtype)
+    b = np.ascontiguousarray(b, dtype=dtype)
     n_products, n_rows = b.shape[0], a.shape[1]
     n_cols = b.shape[1] if b_transposed else b.shape[2]
-    out = np.empty((n_products, n_rows, n_cols), dtype=np.result_type(a, b))
+    out = np.empty((n_products, n_rows, n_cols), dtype=dtype)
     if out.size == 0:
         return out
     if a.shape[2] == 0:

@@ -28,14 +28,10 @@ Contract: as the numpy tier (see :mod:`scratchvision.ops.deform_conv2d.vectorize
 
 from __future__ import annotations
 
-import numpy as np
-from numba import njit, prange
-
 from .. import gemm
 from ..bilinear import numba_cpu as _bilinear
 from .columns import ColumnTier
 
-_JIT = {"parallel": True, "cache": True, "fastmath": False}
 
 
 class _NumbaColumnTier(ColumnTier):
