@@ -14,6 +14,9 @@
     print the COCO table of a trained run on the held-out images.
 ``scratchvision detect DIR IMAGE --out OUT.png``
     draw a trained run's detections on an image.
+``scratchvision exercise list | check NAME [--file PATH] [--seed S]``
+    the self-checking exercises of ``tutorials/exercises/`` (see
+    :mod:`scratchvision.exercises`); ``check`` exits 1 when the exercise is not right yet.
 
 A run folder that cannot be read (missing or broken checkpoint, a bad image) is reported in
 one line naming the file and the key, with exit status 2 -- never a traceback.
@@ -84,6 +87,21 @@ def _parser() -> argparse.ArgumentParser:
     detect.add_argument("--out", required=True, help="the PNG to write")
     detect.add_argument("--threshold", type=float, default=0.3,
                         help="draw boxes scoring above this (default: 0.3)")
+
+    from .exercises import EXERCISES
+
+    exercise = sub.add_parser("exercise",
+                              help="self-checking exercises: write a backward pass, check it")
+    exercise_sub = exercise.add_subparsers(dest="exercise_command", required=True)
+    exercise_sub.add_parser("list", help="the exercises, and the holes left in ./tutorials/")
+    exercise_check = exercise_sub.add_parser(
+        "check", help="run your exercise against the library and gradcheck")
+    exercise_check.add_argument("name", choices=tuple(EXERCISES))
+    exercise_check.add_argument("--file", default=None,
+                                help="the file to check (default: "
+                                     "./tutorials/exercises/NAME.py)")
+    exercise_check.add_argument("--seed", type=int, default=0,
+                                help="the random cases (default: 0)")
     return parser
 
 
@@ -137,6 +155,11 @@ def main(argv=None) -> int:
             raise SystemExit(f"--cases must be positive, got {args.cases}")
         return selfcheck.main(args.ops or list(CHECK_SUITES), args.backends or list(TIERS),
                               args.json, args.cases)
+    if args.command == "exercise":
+        from . import exercises
+
+        return exercises.main(args.exercise_command, getattr(args, "name", None),
+                              getattr(args, "file", None), getattr(args, "seed", 0))
     if args.command in ("train", "evaluate", "detect"):
         from .training import RunError
 
