@@ -33,10 +33,9 @@ from ..bilinear import numba_cpu as _bilinear
 from .columns import ColumnTier
 
 
-
 class _NumbaColumnTier(ColumnTier):
-    """:class:`ColumnTier` on the numba bilinear tier, with the mask steps as kernels and the
-    matrix products in numba's threads."""
+    """:class:`ColumnTier` on the numba bilinear tier, with the mask fused into its sampling
+    kernels and the matrix products in numba's threads."""
 
     products = staticmethod(gemm.matmul)
 
