@@ -25,6 +25,8 @@ import shutil
 from types import ModuleType
 from typing import NamedTuple
 
+from . import _checks
+
 TIERS = ("loop", "numpy", "numba", "cuda")
 BACKENDS = ("auto",) + TIERS
 
@@ -142,6 +144,10 @@ class TierModules:
     NumPy-only user never pays for compiling numba kernels and a missing numba-cuda only
     matters to someone who asks for ``"cuda"``. A package that implements fewer tiers names
     them: ``TierModules(__name__, tiers=("loop", "numpy"))``.
+
+    ``.get(backend, image=image, points=points)`` also checks where the call's arrays live
+    (:func:`scratchvision._checks.same_device`): all on the host, or all on the GPU and then
+    only for the cuda tier; a GPU array for a CPU tier raises ``TypeError`` naming it.
     """
 
     def __init__(self, package: str, tiers: tuple[str, ...] = TIERS):
@@ -151,6 +157,7 @@ class TierModules:
         self.package = package
         self.tiers = tuple(tiers)
 
-    def get(self, backend: str) -> ModuleType:
+    def get(self, backend: str, **arrays) -> ModuleType:
         tier = resolve_backend(backend, self.tiers, what=self.package.rsplit(".", 1)[-1])
+        _checks.same_device(tier, backend, **arrays)
         return importlib.import_module(f"{self.package}.{TIER_MODULES[tier]}")

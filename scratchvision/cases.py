@@ -54,7 +54,10 @@ class BenchCase:
     returns the two timed callables ``(forward, forward_backward)``; it may raise ImportError.
     ``shape`` and ``quick_shape`` describe the inputs for the table. An op without a backward
     leaves ``forward_backward`` None (and its reference returns ``(forward, None)``); only
-    the forward is timed. ``tiers`` lists the tiers the op offers.
+    the forward is timed. ``tiers`` lists the tiers the op offers. ``gpu_target`` is the
+    speed-up over the reference that the design asks of the cuda tier on device-resident
+    arrays, forward and forward+backward (``scratchvision bench --device-resident``; e.g.
+    ``1 / 1.5`` for "within 1.5x of the reference"), or None.
     """
 
     name: str
@@ -66,3 +69,4 @@ class BenchCase:
     reference: Callable[[dict, str], tuple[Timed, Timed | None]] | None = None
     reference_name: str = "torch"
     tiers: tuple[str, ...] = TIERS
+    gpu_target: float | None = None

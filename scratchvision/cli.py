@@ -4,9 +4,10 @@
     verify every operator, and the multi-scale layers (`layers`), on every available tier
     (see :mod:`scratchvision.selfcheck`);
     exits non-zero when anything fails.
-``scratchvision bench [op] [--json] [--quick] [--runs K]``
+``scratchvision bench [op] [--json] [--quick] [--runs K] [--device-resident]``
     time the fast tiers against the torch / torchvision references
-    (see :mod:`scratchvision.benchmark`).
+    (see :mod:`scratchvision.benchmark`); ``--device-resident`` times the cuda tier on arrays
+    already on the GPU with CUDA events, beside torch on the same GPU (needs a real GPU).
 ``scratchvision train --model NAME --steps N --out DIR [--seed S] [--backend B] [--resume]``
     train a detector on the shapes data, checkpointing atomically, then evaluate it
     (see :mod:`scratchvision.training`).
@@ -57,6 +58,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--runs", type=int, default=1,
                        help="time everything this many times and report the median and range "
                             "over the runs (default: 1)")
+    bench.add_argument("--device-resident", action="store_true",
+                       help="time the cuda tier on arrays already on the GPU (CUDA events), "
+                            "beside torch on the same GPU and the NumPy path with its copies; "
+                            "needs a real GPU (says so and times nothing otherwise)")
     from .models import MODELS
 
     train = sub.add_parser("train", help="train a detector on the shapes data")
@@ -173,4 +178,4 @@ def main(argv=None) -> int:
 
     if args.runs < 1:
         raise SystemExit(f"--runs must be positive, got {args.runs}")
-    return benchmark.main(args.op, args.json, args.quick, args.runs)
+    return benchmark.main(args.op, args.json, args.quick, args.runs, args.device_resident)

@@ -69,6 +69,6 @@ def check_weight_and_bias(x: np.ndarray, weight: np.ndarray, bias, groups: int):
         raise ValueError(f"weight must have a non-empty kernel, got shape {weight.shape}")
     if bias is None:
         return groups, None
-    bias = _checks.float_array(bias, "bias", ndim=1)
+    bias = _checks.float_array(bias, "bias", ndim=1, device=True)
     _checks.shape_equals(bias, "bias", (c_out,), "one entry per output channel, weight.shape[0]")
     return groups, bias

@@ -182,6 +182,7 @@ BENCH_CASES = [
         forward_backward=_sample_forward_backward,
         reference=_grid_sample_reference,
         reference_name="F.grid_sample",
+        gpu_target=1 / 1.5,  # within 1.5x of grid_sample
     ),
     BenchCase(
         name="bilinear.resize",

@@ -142,5 +142,6 @@ BENCH_CASES = [
         forward_backward=_forward_backward,
         reference=_conv2d_reference,
         reference_name="F.conv2d",
+        gpu_target=1 / 3,  # within 3x of cuDNN
     ),
 ]

@@ -266,6 +266,7 @@ def _case(name: str, levels) -> BenchCase:
         forward_backward=_forward_backward,
         reference=_grid_sample_reference,
         reference_name="torch grid_sample formulation",
+        gpu_target=3.0,  # at least 3x the grid_sample formulation
     )
 
 

@@ -14,6 +14,10 @@ contributes zero (as ``grid_sample(align_corners=True, padding_mode="zeros")``);
 points contribute zero and receive zero gradient. ``resize`` matches
 ``torch.nn.functional.interpolate`` in ``"bilinear"`` (both ``align_corners``) and ``"nearest"``
 modes. The derivations are in ``docs/derivations/bilinear.md``.
+
+GPU arrays (numba device arrays, or CuPy arrays and torch CUDA tensors through
+``__cuda_array_interface__``) are accepted by the ``cuda`` tier, which then returns numba device
+arrays and never copies to the host (see ``scratchvision._checks``); NumPy in gives NumPy out.
 """
 
 from __future__ import annotations
@@ -50,18 +54,14 @@ class ResizeGrads(NamedTuple):
 # ----------------------------------------------------------------------------- sampling
 
 def _sample_args(image, points):
-    """Validate ``sample``'s inputs; return them as (N, C, H, W) and (N, P, 2) plus the
-    points' middle shape ``*``."""
-    image = _checks.float_array(image, "image", ndim=4)
-    points = _checks.float_array(points, "points", min_ndim=2)
+    """Validate ``sample``'s inputs; return them, (N, C, H, W) and (N, *, 2), plus the points'
+    middle shape ``*``."""
+    image = _checks.float_array(image, "image", ndim=4, device=True)
+    points = _checks.float_array(points, "points", min_ndim=2, device=True)
     _checks.last_dim(points, "points", 2, "(x, y)")
     _checks.same_size("image", image.shape[0], "points", points.shape[0], "batch size (dim 0)")
     _checks.nonempty_spatial(image, "image")
-    point_shape = points.shape[1:-1]
-    n = points.shape[0]
-    # (N, *, 2) -> (N, P, 2) with P = prod(*)
-    flat_points = points.reshape(n, math.prod(point_shape), 2)
-    return image, flat_points, point_shape
+    return image, points, tuple(points.shape[1:-1])
 
 
 def sample(image, points, backend: str = "auto") -> np.ndarray:
@@ -74,15 +74,18 @@ def sample(image, points, backend: str = "auto") -> np.ndarray:
         backend: ``"auto"``, ``"loop"``, ``"numpy"``, ``"numba"`` or ``"cuda"``.
 
     Returns:
-        (N, C, *) array: ``out[n, c, *i] = sum over the 4 taps of w_tap * image[n, c, tap]``.
+        (N, C, *) array: ``out[n, c, *i] = sum over the 4 taps of w_tap * image[n, c, tap]``;
+        a numba device array when the inputs are GPU arrays (cuda tier).
     """
-    image, flat_points, point_shape = _sample_args(image, points)
-    tier = _tiers.get(backend)
-    image, flat_points = _checks.common_float(("image", image), ("points", flat_points))
+    image, points, point_shape = _sample_args(image, points)
+    tier = _tiers.get(backend, image=image, points=points)
+    image, points = _checks.common_float(("image", image), ("points", points))
     n, c = image.shape[:2]
-    if image.size == 0 or flat_points.size == 0:
+    # an empty case on the host needs no tier; on the GPU the tier makes the device result
+    if (image.size == 0 or points.size == 0) and not _checks.is_device_array(image):
         return np.zeros((n, c) + point_shape, dtype=image.dtype)
-    out = tier.sample(image, flat_points)  # (N, C, P)
+    # (N, *, 2) -> (N, P, 2) with P = prod(*): free, the arrays are contiguous now
+    out = tier.sample(image, points.reshape(n, math.prod(point_shape), 2))  # (N, C, P)
     return out.reshape((n, c) + point_shape)  # (N, C, P) -> (N, C, *)
 
 
@@ -96,20 +99,20 @@ def sample_backward(gy, image, points, backend: str = "auto") -> SampleGrads:
     Returns:
         ``SampleGrads(grad_image (N, C, H, W), grad_points (N, *, 2))``. At integer coordinates
         (the kinks) the gradient of the linear piece to the right is used; non-finite points get
-        zero gradient.
+        zero gradient. Numba device arrays when the inputs are GPU arrays (cuda tier).
     """
-    image, flat_points, point_shape = _sample_args(image, points)
+    image, points, point_shape = _sample_args(image, points)
     n, c = image.shape[:2]
-    gy = _checks.float_array(gy, "gy")
+    gy = _checks.float_array(gy, "gy", device=True)
     _checks.shape_equals(gy, "gy", (n, c) + point_shape, "the shape of sample's output")
-    tier = _tiers.get(backend)
-    gy = gy.reshape(n, c, flat_points.shape[1])  # (N, C, *) -> (N, C, P)
-    image, flat_points, gy = _checks.common_float(
-        ("image", image), ("points", flat_points), ("gy", gy))
-    if image.size == 0 or flat_points.size == 0:
-        grad_image, grad_points = np.zeros_like(image), np.zeros_like(flat_points)
-    else:
-        grad_image, grad_points = tier.sample_backward(gy, image, flat_points)
+    tier = _tiers.get(backend, gy=gy, image=image, points=points)
+    image, points, gy = _checks.common_float(("image", image), ("points", points), ("gy", gy))
+    if (image.size == 0 or points.size == 0) and not _checks.is_device_array(image):
+        return SampleGrads(np.zeros_like(image), np.zeros_like(points))
+    n_points = math.prod(point_shape)
+    # (N, *, 2) -> (N, P, 2) and (N, C, *) -> (N, C, P): free, the arrays are contiguous now
+    grad_image, grad_points = tier.sample_backward(
+        gy.reshape(n, c, n_points), image, points.reshape(n, n_points, 2))
     # (N, P, 2) -> (N, *, 2)
     return SampleGrads(grad_image, grad_points.reshape((n,) + point_shape + (2,)))
 
@@ -117,7 +120,7 @@ def sample_backward(gy, image, points, backend: str = "auto") -> SampleGrads:
 # ----------------------------------------------------------------------------- resizing
 
 def _resize_args(x, size, align_corners, mode):
-    x = _checks.float_array(x, "x", ndim=4)
+    x = _checks.float_array(x, "x", ndim=4, device=True)
     out_h, out_w = _checks.int_pair(size, "size", minimum=1)
     _checks.choice(mode, "mode", RESIZE_MODES)
     align_corners = _checks.boolean(align_corners, "align_corners")
@@ -141,12 +144,12 @@ def resize(x, size, align_corners: bool = False, mode: str = "bilinear",
         backend: ``"auto"``, ``"loop"``, ``"numpy"``, ``"numba"`` or ``"cuda"``.
 
     Returns:
-        (N, C, Ho, Wo) array.
+        (N, C, Ho, Wo) array; a numba device array when ``x`` is a GPU array (cuda tier).
     """
     x, out_h, out_w, align_corners = _resize_args(x, size, align_corners, mode)
-    tier = _tiers.get(backend)
+    tier = _tiers.get(backend, x=x)
     (x,) = _checks.common_float(("x", x))
-    if x.size == 0:
+    if x.size == 0 and not _checks.is_device_array(x):
         return np.zeros(x.shape[:2] + (out_h, out_w), dtype=x.dtype)
     return tier.resize(x, out_h, out_w, align_corners, mode)
 
@@ -161,15 +164,15 @@ def resize_backward(gy, x, size, align_corners: bool = False, mode: str = "bilin
             dtype are used: resizing is linear in ``x``.
 
     Returns:
-        ``ResizeGrads(grad_input (N, C, H, W))``.
+        ``ResizeGrads(grad_input (N, C, H, W))``; a numba device array for GPU inputs.
     """
     x, out_h, out_w, align_corners = _resize_args(x, size, align_corners, mode)
-    gy = _checks.float_array(gy, "gy", ndim=4)
+    gy = _checks.float_array(gy, "gy", ndim=4, device=True)
     _checks.shape_equals(gy, "gy", x.shape[:2] + (out_h, out_w), "the shape of resize's output")
-    tier = _tiers.get(backend)
-    dtype = np.result_type(x, gy)
-    (gy,) = _checks.common_float(("gy", gy.astype(dtype, copy=False)))
-    if x.size == 0:
-        return ResizeGrads(np.zeros(x.shape, dtype=dtype))
+    tier = _tiers.get(backend, gy=gy, x=x)
+    # only x's dtype joins the common dtype: its values are not needed
+    (gy,) = _checks.common_float(("gy", gy), with_dtypes=(x.dtype,))
+    if x.size == 0 and not _checks.is_device_array(gy):
+        return ResizeGrads(np.zeros(x.shape, dtype=gy.dtype))
     height, width = x.shape[2:]
     return ResizeGrads(tier.resize_backward(gy, height, width, align_corners, mode))

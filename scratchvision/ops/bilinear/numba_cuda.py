@@ -1,37 +1,53 @@
-"""CUDA tier of bilinear sampling and resizing: ``numba.cuda`` kernels and their host wrappers.
+"""CUDA tier of bilinear sampling and resizing: ``numba.cuda`` kernels and the device functions
+that launch them.
 
-Each public function copies its numpy inputs to the device, launches one or two kernels and
-copies the result back, so it takes and returns numpy arrays like the other tiers. The
-``*_on_device`` variants of sampling take and return device arrays instead: ``deform_conv2d``'s
-cuda tier samples its columns and scatters their gradients through them. The launch helper is
-``scratchvision.ops.cuda_common.launch``. Equation numbers refer to
-``docs/derivations/bilinear.md`` and the names mirror ``loop.py``.
+**Device arrays in, device arrays out.** Every public function here runs on device arrays and
+returns device arrays; :func:`~scratchvision.ops.cuda_common.host_or_device` lets the same
+function take NumPy arrays (copied in, results copied back). Nothing inside an op goes through
+the host: the resize tables and the binning of the points for the image gradient are built on
+the device too. The ``*_on_device`` functions are the same computations without that door, for
+``deform_conv2d``'s cuda tier, which samples its columns and sends their gradients back through
+them. Equation numbers refer to ``docs/derivations/bilinear.md`` and the names mirror
+``loop.py``.
 
 What changes relative to ``loop.py``, and why:
 
 * **Thread mapping.** ``sample`` and the point gradient run one thread per point ``(n, p)``:
   the thread computes the point's cell and weights once (eqs. 1-3) and then loops over the
-  channels, so the coordinates are never reloaded per channel. ``resize`` runs one thread per
-  output element, ``resize_backward`` one per input element. Every kernel walks a flat 1-D
-  index with a grid-stride loop, so any problem size fits any grid; all index arithmetic is
-  int64.
+  channels, so the coordinates are never reloaded per channel, and neighbouring threads write
+  neighbouring ``p`` of every channel row of ``out`` (coalesced). This is the mapping of
+  torch's ``grid_sample`` kernel (a thread per output location, looping over channels).
+  ``resize`` runs one thread per output element, ``resize_backward`` one per input element,
+  the image gradient one per image element ``(n, c, row, col)``. Every kernel walks a flat 1-D
+  index with a grid-stride loop, so any problem size fits any grid; index arithmetic is int64.
 * **Gather, not scatter, for the gradients of the image.** ``loop.py`` scatters each point's
-  gradient into its four taps (eq. 5); on a GPU that is a race, and atomics would make the
-  float sums depend on thread timing. Instead the host bins the points by the cell
-  ``(floor(y), floor(x))`` they fall in (a stable ``numpy.argsort`` on the host, then CSR
-  offsets per cell), and one thread per pixel ``(n, row, col)`` gathers from the four cells
-  whose points can touch it, in that fixed order. ``resize_backward`` gathers the same way
-  over the CSR rows of ``resize_tables.adjoint_taps`` (eq. 12). No atomics anywhere, so
-  repeated runs are bit-identical.
+  gradient into its four taps (eq. 5); on a GPU that is a race. torch's ``grid_sample``
+  backward resolves it with float atomics, whose additions land in thread-timing order (the
+  last bits of the result vary from run to run). Here the points are first *binned* by the
+  cell ``(floor(y), floor(x))`` they fall in -- on the device, with the deterministic counting
+  sort :func:`~scratchvision.ops.cuda_common.bin_by_key` (integer atomics to count and place,
+  then a stabilising pass: each cell lists its points in increasing ``p``) -- and one thread
+  per image element ``(n, c, row, col)`` then gathers from the four cells whose points can
+  touch its pixel, in that fixed order, summing in a register and writing once. No float
+  atomics, so repeated runs are bit-identical. What it costs against an atomic scatter: the
+  binning (about ten small launches and a few passes over the points) and, in the gather, a
+  point's coordinates and weights recomputed per channel, and ``gy`` read by point index
+  (scattered) instead of in order. ``resize_backward`` gathers the same way over ``A^T``
+  (eq. 12): the tap tables of the forward, binned by the input index they read.
+* **Tables on the device.** The resize tables (``resize_tables.axis_taps``'s contract) are
+  computed by a kernel with one thread per output index, calling ``loop.py``'s own
+  ``linear_taps`` / ``nearest_index`` compiled as device functions. The GPU may fuse eq. (8)'s
+  product and subtraction into one multiply-add, which moves a source coordinate by at most an
+  ulp: results differ from the CPU tiers' tables by rounding only.
 * **Typed constants.** numba types a bare ``0``/``1``/``1.0`` as int64/float64 and would
   promote float32 arithmetic that touches it to float64, so the kernels are built once per
   float type (:func:`_build_kernels`) with ``zero``/``one`` of that type.
 
 Precision: float64 inputs are computed in float64, float32 inputs entirely in float32
 (weights, products and sums; only the exact range test ``x < W`` compares in float64); the
-resize tables are cast to the data type, as ``loop.py``'s float32 arithmetic does. Results
-agree with ``loop.py`` to rounding: the point-gradient and gather sums add the same terms in a
-different order.
+resize weights are computed in float64 and cast to the data type, as ``loop.py``'s float32
+arithmetic does. Results agree with ``loop.py`` to rounding: the point-gradient and gather
+sums add the same terms in a different order.
 
 The kernels are compiled lazily, on their first launch for a given argument type, and cached
 by numba for the life of the process. With ``NUMBA_ENABLE_CUDASIM=1`` (set before numba is
@@ -47,14 +63,17 @@ from types import SimpleNamespace
 import numpy as np
 from numba import cuda
 
-from ..cuda_common import launch
+from ..cuda_common import bin_by_key, host_or_device, launch
 from ..recompile import with_globals
-from . import cell
-from .resize_tables import adjoint_taps, axis_taps
+from . import cell, loop
 
 #: eqs. (1)-(2), the one step every tier shares (see :mod:`.cell`), as a device function;
 #: ``floor`` is the GPU's ``math.floor``, which keeps the float type
 cell_and_weights = cuda.jit(device=True)(with_globals(cell.cell_and_weights, floor=math.floor))
+#: eqs. (8)-(10): loop.py's tap functions of one output index, as device functions
+linear_taps = cuda.jit(device=True)(with_globals(
+    loop.linear_taps, source_coordinate=cuda.jit(device=True)(loop.source_coordinate)))
+nearest_index = cuda.jit(device=True)(loop.nearest_index)
 
 # ----------------------------------------------------------------------------- kernels
 
@@ -80,6 +99,7 @@ def _build_kernels(float_type) -> SimpleNamespace:
         """out (N, C, P) = eq. (4); one thread per point ``(n, p)``, looping over channels."""
         n_batch, channels, height, width = image.shape
         n_points = points.shape[1]
+        # --8<-- [start:sample_kernel]
         for q in range(cuda.grid(1), n_batch * n_points, cuda.gridsize(1)):
             n = q // n_points
             p = q - n * n_points
@@ -106,6 +126,7 @@ def _build_kernels(float_type) -> SimpleNamespace:
                 if y1 < height and x1 < width:
                     acc += w11 * image[n, c, y1, x1]
                 out[n, c, p] = acc
+        # --8<-- [end:sample_kernel]
 
     @cuda.jit
     def grad_points_kernel(gy, image, points, grad_points):
@@ -148,27 +169,50 @@ def _build_kernels(float_type) -> SimpleNamespace:
             grad_points[n, p, 1] = grad_y  # eq. (7)
 
     @cuda.jit
+    def cell_keys_kernel(points, height, width, keys):
+        """keys (N*P,) int64: the cell of point ``(n, p)`` as a bin of :func:`bin_by_key`,
+        ``(n * (H + 1) + y0 + 1) * (W + 1) + x0 + 1`` for the cell ``(y0, x0)`` in
+        ``[-1, H - 1] x [-1, W - 1]``, or -1 for a point with no tap in the image (non-finite
+        ones included). One thread per point."""
+        n_batch, n_points = points.shape[:2]
+        for q in range(cuda.grid(1), n_batch * n_points, cuda.gridsize(1)):
+            n = q // n_points
+            p = q - n * n_points
+            x = points[n, p, 0]
+            y = points[n, p, 1]
+            if in_reach(x, y, height, width):
+                x0, y0, _, _, _, _, _, _ = cell_and_weights(x, y, one)  # eq. (1)
+                keys[q] = (n * (height + 1) + y0 + 1) * (width + 1) + x0 + 1
+            else:
+                keys[q] = -1
+
+    @cuda.jit
     def grad_image_kernel(gy, points, cell_start, cell_points, grad_image):
-        """grad_image (N, C, H, W) by eq. (5), gathered: one thread per pixel ``(n, row, col)``.
+        """grad_image (N, C, H, W) by eq. (5), gathered: one thread per element
+        ``(n, c, row, col)``, summing in a register and writing once.
 
         Pixel ``(row, col)`` is a tap of exactly the points whose cell ``(y0, x0)`` has
         ``y0 in {row - 1, row}`` and ``x0 in {col - 1, col}``. Cell ``(y0, x0)`` of image ``n``
-        lists its points in ``cell_points[cell_start[k]:cell_start[k + 1]]`` with
-        ``k = (n * (H + 1) + y0 + 1) * (W + 1) + x0 + 1`` (see :func:`_bin_points_by_cell`).
+        lists its points, as flat indices ``n * P + p``, in
+        ``cell_points[cell_start[k]:cell_start[k + 1]]`` with
+        ``k = (n * (H + 1) + y0 + 1) * (W + 1) + x0 + 1`` (see ``cell_keys_kernel``).
         """
         n_batch, channels, height, width = grad_image.shape
+        n_points = points.shape[1]
         pixels = height * width
-        for q in range(cuda.grid(1), n_batch * pixels, cuda.gridsize(1)):
-            n = q // pixels
-            row = (q - n * pixels) // width
-            col = q - n * pixels - row * width
-            for c in range(channels):
-                grad_image[n, c, row, col] = zero
+        # --8<-- [start:grad_image_kernel]
+        for q in range(cuda.grid(1), n_batch * channels * pixels, cuda.gridsize(1)):
+            nc = q // pixels
+            n = nc // channels
+            c = nc - n * channels
+            row = (q - nc * pixels) // width
+            col = q - nc * pixels - row * width
+            acc = zero
             for y0 in range(row - 1, row + 1):
                 for x0 in range(col - 1, col + 1):
-                    cell = (n * (height + 1) + y0 + 1) * (width + 1) + x0 + 1
-                    for k in range(cell_start[cell], cell_start[cell + 1]):
-                        p = cell_points[k]
+                    bin_ = (n * (height + 1) + y0 + 1) * (width + 1) + x0 + 1
+                    for k in range(cell_start[bin_], cell_start[bin_ + 1]):
+                        p = cell_points[k] - n * n_points
                         x = points[n, p, 0]
                         y = points[n, p, 1]
                         # eqs. (1)-(2); this pixel is one of the point's four taps
@@ -177,8 +221,29 @@ def _build_kernels(float_type) -> SimpleNamespace:
                             w = w00 if col == x0 else w01
                         else:
                             w = w10 if col == x0 else w11
-                        for c in range(channels):
-                            grad_image[n, c, row, col] += w * gy[n, c, p]  # eq. (5)
+                        acc += w * gy[n, c, p]  # eq. (5)
+            grad_image[n, c, row, col] = acc
+        # --8<-- [end:grad_image_kernel]
+
+    @cuda.jit
+    def axis_taps_kernel(in_size, align_corners, nearest, index, weight):
+        """One axis of the resize tables, ``resize_tables.axis_taps``'s contract: ``index``
+        (out, 2) int64 and ``weight`` (out, 2) for every output index ``o``, by loop.py's
+        ``linear_taps`` (eqs. 8-9) or ``nearest_index`` (eq. 10); one thread per ``o``."""
+        out_size = index.shape[0]
+        for o in range(cuda.grid(1), out_size, cuda.gridsize(1)):
+            if nearest:
+                i0 = nearest_index(o, in_size, out_size)
+                index[o, 0] = i0
+                index[o, 1] = i0
+                weight[o, 0] = one
+                weight[o, 1] = zero
+            else:
+                i0, i1, l0, l1 = linear_taps(o, in_size, out_size, align_corners)
+                index[o, 0] = i0
+                index[o, 1] = i1
+                weight[o, 0] = float_type(l0)  # computed in float64, rounded once
+                weight[o, 1] = float_type(l1)
 
     @cuda.jit
     def resize_kernel(x, y_index, y_weight, x_index, x_weight, nearest, out):
@@ -210,10 +275,15 @@ def _build_kernels(float_type) -> SimpleNamespace:
                                  + ly1 * (lx0 * x[n, c, y1, x0] + lx1 * x[n, c, y1, x1]))
 
     @cuda.jit
-    def resize_backward_kernel(gy, y_indptr, y_out, y_weight, x_indptr, x_out, x_weight,
-                               nearest, grad):
-        """grad (N, C, H, W) from gy (N, C, Ho, Wo) by eq. (12), gathered: one thread per
-        input element sums over the CSR rows (``adjoint_taps``) of its row and column."""
+    def resize_backward_kernel(gy, y_start, y_entries, y_weight, x_start, x_entries,
+                               x_weight, nearest, grad):
+        """grad (N, C, H, W) from gy (N, C, Ho, Wo) by eq. (12), gathered: one thread per input
+        element sums over the rows of ``A^T`` of its row and column.
+
+        Per axis, input index ``i`` is read by the table entries ``e = 2 * o + t`` listed in
+        ``entries[start[i]:start[i + 1]]`` (increasing ``e``, so increasing output ``o``:
+        ``resize_tables.adjoint_taps``'s order), each with weight ``weight.flat[e]``.
+        """
         n_batch, channels, height, width = grad.shape
         for q in range(cuda.grid(1), n_batch * channels * height * width, cuda.gridsize(1)):
             ix = q % width
@@ -223,20 +293,24 @@ def _build_kernels(float_type) -> SimpleNamespace:
             c = rest % channels
             n = rest // channels
             acc = zero
-            for ky in range(y_indptr[iy], y_indptr[iy + 1]):
-                oy = y_out[ky]
-                ly = y_weight[ky]
-                for kx in range(x_indptr[ix], x_indptr[ix + 1]):
-                    w = ly * x_weight[kx]
+            for ky in range(y_start[iy], y_start[iy + 1]):
+                ey = y_entries[ky]
+                oy = ey // 2
+                ly = y_weight[oy, ey - 2 * oy]
+                for kx in range(x_start[ix], x_start[ix + 1]):
+                    ex = x_entries[kx]
+                    ox = ex // 2
+                    w = ly * x_weight[ox, ex - 2 * ox]
                     # NOTE: nearest's tables carry an unused second tap of weight 0; loop.py
                     # never adds it, which matters only for a non-finite gy (0 * inf = nan).
                     if nearest and w == zero:
                         continue
-                    acc += w * gy[n, c, oy, x_out[kx]]
+                    acc += w * gy[n, c, oy, ox]
             grad[n, c, iy, ix] = acc
 
     return SimpleNamespace(sample=sample_kernel, grad_points=grad_points_kernel,
-                           grad_image=grad_image_kernel, resize=resize_kernel,
+                           cell_keys=cell_keys_kernel, grad_image=grad_image_kernel,
+                           axis_taps=axis_taps_kernel, resize=resize_kernel,
                            resize_backward=resize_backward_kernel)
 
 
@@ -244,42 +318,21 @@ def _build_kernels(float_type) -> SimpleNamespace:
 _KERNELS = {np.dtype(t): _build_kernels(t) for t in (np.float32, np.float64)}
 
 
-# ----------------------------------------------------------------------------- host side
+# ----------------------------------------------------------------------------- device side
 
-def _bin_points_by_cell(points: np.ndarray, height: int, width: int):
-    """Sort the points by the cell they fall in, for the gather in ``grad_image_kernel``.
-
-    Args:
-        points: (N, P, 2) pixel ``(x, y)``.
-
-    Returns:
-        ``cell_start`` (N * (H + 1) * (W + 1) + 1,) int64 CSR offsets and ``cell_points``
-        (K,) int64 point indices ``p``. Cell ``(y0, x0)`` with ``y0 in [-1, H - 1]``,
-        ``x0 in [-1, W - 1]`` of image ``n`` is entry ``(n * (H + 1) + y0 + 1) * (W + 1) +
-        x0 + 1``. Points with no tap in the image (including non-finite ones) are left out.
-        The sort is numpy's stable argsort on the host, so each cell lists its points in
-        increasing ``p`` and the gather adds them in the same order on every run.
-    """
-    n_batch = points.shape[0]
-    x = points[:, :, 0]  # (N, P)
-    y = points[:, :, 1]
-    # the in_reach test of the kernels; NaN fails every comparison
-    reach = (x >= -1) & (x < width) & (y >= -1) & (y < height)
-    n_index, p_index = np.nonzero(reach)  # (K,) each, in (n, p) order
-    x0 = np.floor(x[reach]).astype(np.int64)  # eq. (1), only for finite, in-range points
-    y0 = np.floor(y[reach]).astype(np.int64)
-    cell = (n_index * (height + 1) + y0 + 1) * (width + 1) + x0 + 1
-    n_cells = n_batch * (height + 1) * (width + 1)
-    order = np.argsort(cell, kind="stable")
-    cell_start = np.zeros(n_cells + 1, dtype=np.int64)
-    np.cumsum(np.bincount(cell, minlength=n_cells), out=cell_start[1:])
-    return cell_start, p_index[order].astype(np.int64)
+def _axis_taps(in_size: int, out_size: int, align_corners: bool, mode: str, dtype):
+    """``axis_taps`` of one axis on the device: index (out, 2) int64, weight (out, 2) dtype."""
+    index = cuda.device_array((out_size, 2), dtype=np.int64)
+    weight = cuda.device_array((out_size, 2), dtype=dtype)
+    launch(_KERNELS[np.dtype(dtype)].axis_taps, out_size, in_size, align_corners,
+           mode == "nearest", index, weight)
+    return index, weight
 
 
-def _resize_tables(in_size: int, out_size: int, align_corners: bool, mode: str, dtype):
-    """``axis_taps`` for one axis with the weights cast to the data type."""
-    taps = axis_taps(in_size, out_size, align_corners, mode)
-    return taps._replace(weight=taps.weight.astype(dtype))
+def _adjoint(index, in_size: int):
+    """The rows of ``A^T`` of one axis: its table entries ``e = 2 * o + t`` binned by the input
+    index ``index.flat[e]`` they read (``resize_tables.adjoint_taps`` on the device)."""
+    return bin_by_key(index.reshape(index.size), in_size)
 
 
 def sample_on_device(image, points):
@@ -292,60 +345,64 @@ def sample_on_device(image, points):
     return out
 
 
-def sample_backward_on_device(gy, image, points, host_points: np.ndarray):
+def sample_backward_on_device(gy, image, points):
     """grad_image (N, C, H, W) by eq. (5) and grad_points (N, P, 2) by eqs. (6)-(7), as
     device arrays, from device arrays gy (N, C, P), image (N, C, H, W) and points (N, P, 2).
 
-    ``host_points`` is the same (N, P, 2) array on the host: the gather for ``grad_image`` needs
-    the points binned by cell, which :func:`_bin_points_by_cell` does there.
+    The points are binned by cell on the device (``cell_keys_kernel``, then
+    :func:`~scratchvision.ops.cuda_common.bin_by_key`) for the deterministic gather of
+    ``grad_image``.
     """
-    n_batch, _, height, width = image.shape
+    n_batch, channels, height, width = image.shape
     n_points = points.shape[1]
     kernels = _KERNELS[image.dtype]
-    cell_start, cell_points = _bin_points_by_cell(host_points, height, width)
+    keys = cuda.device_array(n_batch * n_points, dtype=np.int64)
+    launch(kernels.cell_keys, n_batch * n_points, points, height, width, keys)
+    cell_start, cell_points = bin_by_key(keys, n_batch * (height + 1) * (width + 1))
     grad_image = cuda.device_array(image.shape, dtype=image.dtype)
     grad_points = cuda.device_array(points.shape, dtype=points.dtype)
-    launch(kernels.grad_image, n_batch * height * width, gy, points,
-           cuda.to_device(cell_start), cuda.to_device(cell_points), grad_image)
+    launch(kernels.grad_image, grad_image.size, gy, points, cell_start, cell_points,
+           grad_image)
     launch(kernels.grad_points, n_batch * n_points, gy, image, points, grad_points)
     return grad_image, grad_points
 
 
-def sample(image: np.ndarray, points: np.ndarray) -> np.ndarray:
+# ----------------------------------------------------------------------------- the tier
+
+@host_or_device
+def sample(image, points):
     """out (N, C, P) from image (N, C, H, W) and points (N, P, 2): eq. (4)."""
-    return sample_on_device(cuda.to_device(image), cuda.to_device(points)).copy_to_host()
+    return sample_on_device(image, points)
 
 
-def sample_backward(gy: np.ndarray, image: np.ndarray, points: np.ndarray):
+@host_or_device
+def sample_backward(gy, image, points):
     """grad_image (N, C, H, W) by eq. (5) and grad_points (N, P, 2) by eqs. (6)-(7), from
     gy (N, C, P), image (N, C, H, W) and points (N, P, 2)."""
-    grad_image, grad_points = sample_backward_on_device(
-        cuda.to_device(gy), cuda.to_device(image), cuda.to_device(points), points)
-    return grad_image.copy_to_host(), grad_points.copy_to_host()
+    return sample_backward_on_device(gy, image, points)
 
 
-def resize(x: np.ndarray, out_h: int, out_w: int, align_corners: bool, mode: str) -> np.ndarray:
+@host_or_device
+def resize(x, out_h: int, out_w: int, align_corners: bool, mode: str):
     """out (N, C, Ho, Wo) from x (N, C, H, W): eq. (11) for bilinear, eq. (10) for nearest."""
     n_batch, channels, height, width = x.shape
-    rows = _resize_tables(height, out_h, align_corners, mode, x.dtype)
-    cols = _resize_tables(width, out_w, align_corners, mode, x.dtype)
+    y_index, y_weight = _axis_taps(height, out_h, align_corners, mode, x.dtype)
+    x_index, x_weight = _axis_taps(width, out_w, align_corners, mode, x.dtype)
     out = cuda.device_array((n_batch, channels, out_h, out_w), dtype=x.dtype)
-    launch(_KERNELS[x.dtype].resize, out.size, cuda.to_device(x),
-           cuda.to_device(rows.index), cuda.to_device(rows.weight),
-           cuda.to_device(cols.index), cuda.to_device(cols.weight), mode == "nearest", out)
-    return out.copy_to_host()
+    launch(_KERNELS[x.dtype].resize, out.size, x, y_index, y_weight, x_index, x_weight,
+           mode == "nearest", out)
+    return out
 
 
-def resize_backward(gy: np.ndarray, height: int, width: int, align_corners: bool,
-                    mode: str) -> np.ndarray:
+@host_or_device
+def resize_backward(gy, height: int, width: int, align_corners: bool, mode: str):
     """grad_input (N, C, H, W) from gy (N, C, Ho, Wo): eq. (12) as a gather over ``A^T``."""
     n_batch, channels, out_h, out_w = gy.shape
-    rows = adjoint_taps(_resize_tables(height, out_h, align_corners, mode, gy.dtype), height)
-    cols = adjoint_taps(_resize_tables(width, out_w, align_corners, mode, gy.dtype), width)
+    y_index, y_weight = _axis_taps(height, out_h, align_corners, mode, gy.dtype)
+    x_index, x_weight = _axis_taps(width, out_w, align_corners, mode, gy.dtype)
+    y_start, y_entries = _adjoint(y_index, height)
+    x_start, x_entries = _adjoint(x_index, width)
     grad = cuda.device_array((n_batch, channels, height, width), dtype=gy.dtype)
-    launch(_KERNELS[gy.dtype].resize_backward, grad.size, cuda.to_device(gy),
-           cuda.to_device(rows.indptr), cuda.to_device(rows.out_index),
-           cuda.to_device(rows.weight), cuda.to_device(cols.indptr),
-           cuda.to_device(cols.out_index), cuda.to_device(cols.weight),
-           mode == "nearest", grad)
-    return grad.copy_to_host()
+    launch(_KERNELS[gy.dtype].resize_backward, grad.size, gy, y_start, y_entries, y_weight,
+           x_start, x_entries, x_weight, mode == "nearest", grad)
+    return grad

@@ -16,6 +16,10 @@ or None, output (N, C_out, Ho, Wo) with, per axis,
 group ``grp = o // (C_out / groups)`` and sees only input channels
 ``grp * C_in / groups ... (grp + 1) * C_in / groups - 1``. The derivations are in
 ``docs/derivations/conv2d.md``.
+
+GPU arrays (numba device arrays, CuPy arrays, torch CUDA tensors) are accepted by the ``cuda``
+tier, which then returns numba device arrays without touching the host; NumPy in gives NumPy
+out (see ``scratchvision._checks``).
 """
 
 from __future__ import annotations
@@ -48,8 +52,8 @@ def _conv_args(x, weight, bias, stride, padding, dilation, groups):
     Returns ``(x, weight, bias, geom, groups)``, the arrays validated but not yet cast to their
     common dtype (bias may be None).
     """
-    x = _checks.float_array(x, "x", ndim=4)
-    weight = _checks.float_array(weight, "weight", ndim=4)
+    x = _checks.float_array(x, "x", ndim=4, device=True)
+    weight = _checks.float_array(weight, "weight", ndim=4, device=True)
     groups, bias = check_weight_and_bias(x, weight, bias, groups)
     _checks.nonempty_spatial(x, "x")
     geom = conv_geometry(x.shape[2:], weight.shape[2:], stride, padding, dilation)
@@ -80,13 +84,15 @@ def forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups: int =
         ``y[n, o, ho, wo] = bias[o] + sum_{c, i, j} weight[o, c, i, j]
         * x[n, grp * C_in / groups + c, ho * sh - ph + i * dh, wo * sw - pw + j * dw]``,
         with ``grp`` the group of ``o`` and zero where the index falls in the padding. The dtype
-        is the common float dtype of ``x``, ``weight`` and ``bias``.
+        is the common float dtype of ``x``, ``weight`` and ``bias``; a numba device array when
+        the inputs are GPU arrays (cuda tier).
     """
     x, weight, bias, geom, groups = _conv_args(x, weight, bias, stride, padding, dilation,
                                                groups)
-    tier = _tiers.get(backend)
+    tier = _tiers.get(backend, x=x, weight=weight, bias=bias)
     x, weight, bias = _checks.common_float(("x", x), ("weight", weight), ("bias", bias))
-    if x.size == 0 or weight.size == 0:  # empty batch or no channels: only the bias is left
+    # empty batch or no channels: only the bias is left (on the GPU the tier computes that)
+    if (x.size == 0 or weight.size == 0) and not _checks.is_device_array(x):
         y = np.zeros(_output_shape(x, weight, geom), dtype=x.dtype)
         if bias is not None:
             y += bias[:, None, None]  # (C_out,) -> (C_out, 1, 1), broadcast over the pixels
@@ -106,17 +112,18 @@ def backward(gy, x, weight, bias=None, stride=1, padding=0, dilation=1, groups: 
     Returns:
         ``Conv2dGrads(grad_input (N, C_in, H, W), grad_weight (C_out, C_in / groups, kh, kw),
         grad_bias (C_out,) or None when bias is None)``, in the common float dtype of ``gy``,
-        ``x``, ``weight`` and ``bias``.
+        ``x``, ``weight`` and ``bias``; numba device arrays for GPU inputs (cuda tier).
     """
     x, weight, bias, geom, groups = _conv_args(x, weight, bias, stride, padding, dilation,
                                                groups)
-    gy = _checks.float_array(gy, "gy", ndim=4)
+    gy = _checks.float_array(gy, "gy", ndim=4, device=True)
     _checks.shape_equals(gy, "gy", _output_shape(x, weight, geom), "the shape of forward's output")
-    tier = _tiers.get(backend)
+    tier = _tiers.get(backend, gy=gy, x=x, weight=weight, bias=bias)
     gy, x, weight, bias = _checks.common_float(("gy", gy), ("x", x), ("weight", weight),
                                                ("bias", bias))
     has_bias = bias is not None
-    if x.size == 0 or weight.size == 0:  # nothing is multiplied: only the bias sees gy
+    # nothing is multiplied: only the bias sees gy (on the GPU the tier computes that)
+    if (x.size == 0 or weight.size == 0) and not _checks.is_device_array(x):
         grad_bias = gy.sum(axis=(0, 2, 3)) if has_bias else None
         return Conv2dGrads(np.zeros_like(x), np.zeros_like(weight), grad_bias)
     return Conv2dGrads(*tier.backward(gy, x, weight, has_bias, geom, groups))

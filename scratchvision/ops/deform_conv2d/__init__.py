@@ -31,6 +31,10 @@ Layout (exactly torchvision's; K = kh * kw, tap k = i * kw + j):
   padding and the pixel-centre convention of :mod:`scratchvision.ops.bilinear`.
 
 The derivations are in ``docs/derivations/deform_conv2d.md``.
+
+GPU arrays (numba device arrays, CuPy arrays, torch CUDA tensors) are accepted by the ``cuda``
+tier, which then returns numba device arrays without touching the host; NumPy in gives NumPy
+out (see ``scratchvision._checks``).
 """
 
 from __future__ import annotations
@@ -108,14 +112,16 @@ def _offset_groups(x: np.ndarray, offset: np.ndarray, n_taps: int) -> int:
     return groups
 
 
-def _validate(x, offset, weight, bias, stride, padding, dilation, mask, extra=()) -> _Args:
-    """Check every argument against the others; ``extra`` holds further ``(name, array)``
-    pairs (``gy``) that join the common dtype and are returned after the ``_Args``."""
-    x = _checks.float_array(x, "x", ndim=4)
-    offset = _checks.float_array(offset, "offset", ndim=4)
-    weight = _checks.float_array(weight, "weight", ndim=4)
+def _validate(x, offset, weight, bias, stride, padding, dilation, mask, backend,
+              extra=()) -> _Args:
+    """Check every argument against the others and resolve ``backend``; ``extra`` holds
+    further ``(name, array)`` pairs (``gy``) that join the common dtype and are returned after
+    the ``_Args`` and the tier module."""
+    x = _checks.float_array(x, "x", ndim=4, device=True)
+    offset = _checks.float_array(offset, "offset", ndim=4, device=True)
+    weight = _checks.float_array(weight, "weight", ndim=4, device=True)
     if mask is not None:
-        mask = _checks.float_array(mask, "mask", ndim=4)
+        mask = _checks.float_array(mask, "mask", ndim=4, device=True)
     weight_groups = _weight_groups(x, weight)
     weight_groups, bias = check_weight_and_bias(x, weight, bias, weight_groups)
     n_batch, _, height, width = x.shape
@@ -132,10 +138,11 @@ def _validate(x, offset, weight, bias, stride, padding, dilation, mask, extra=()
         _checks.shape_equals(mask, "mask", (n_batch, offset_groups * n_taps) + geom.out,
                              f"(N, offset groups * kh * kw, Ho, Wo) with {offset_groups} "
                              f"offset groups")
-    x, offset, weight, bias, mask, *extra = _checks.common_float(
-        ("x", x), ("offset", offset), ("weight", weight), ("bias", bias), ("mask", mask),
-        *extra)
-    return _Args(x, offset, weight, bias, mask, geom, offset_groups, weight_groups), extra
+    named = (("x", x), ("offset", offset), ("weight", weight), ("bias", bias), ("mask", mask),
+             *extra)
+    tier = _tiers.get(backend, **dict(named))
+    x, offset, weight, bias, mask, *extra = _checks.common_float(*named)
+    return _Args(x, offset, weight, bias, mask, geom, offset_groups, weight_groups), tier, extra
 
 
 def forward(x, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=None,
@@ -155,13 +162,14 @@ def forward(x, offset, weight, bias=None, stride=1, padding=0, dilation=1, mask=
         backend: ``"auto"``, ``"loop"``, ``"numpy"``, ``"numba"`` or ``"cuda"``.
 
     Returns:
-        (N, C_out, Ho, Wo) array, in the common float dtype of the inputs.
+        (N, C_out, Ho, Wo) array, in the common float dtype of the inputs; a numba device array
+        when the inputs are GPU arrays (cuda tier).
     """
-    args, _ = _validate(x, offset, weight, bias, stride, padding, dilation, mask)
-    tier = _tiers.get(backend)
+    args, tier, _ = _validate(x, offset, weight, bias, stride, padding, dilation, mask, backend)
     n_batch = args.x.shape[0]
     c_out = args.weight.shape[0]
-    if n_batch == 0 or c_out == 0:
+    # an empty case on the host needs no tier; on the GPU the tier makes the device result
+    if (n_batch == 0 or c_out == 0) and not _checks.is_device_array(args.x):
         return np.zeros((n_batch, c_out) + args.geom.out, dtype=args.x.dtype)
     return tier.forward(args.x, args.offset, args.weight, args.bias, args.mask, args.geom,
                         args.offset_groups, args.weight_groups)
@@ -181,17 +189,17 @@ def backward(gy, x, offset, weight, bias=None, stride=1, padding=0, dilation=1, 
         ``grad_bias`` is None when ``bias`` is None and ``grad_mask`` is None when ``mask`` is
         None. Where a sampled coordinate is an integer (a kink of the bilinear interpolant) the
         offset gradient is the right-hand derivative, as in :mod:`scratchvision.ops.bilinear`.
+        Numba device arrays when the inputs are GPU arrays (cuda tier).
     """
-    gy = _checks.float_array(gy, "gy", ndim=4)
-    args, (gy,) = _validate(x, offset, weight, bias, stride, padding, dilation, mask,
-                            extra=[("gy", gy)])
+    gy = _checks.float_array(gy, "gy", ndim=4, device=True)
+    args, tier, (gy,) = _validate(x, offset, weight, bias, stride, padding, dilation, mask,
+                                  backend, extra=[("gy", gy)])
     n_batch = args.x.shape[0]
     c_out = args.weight.shape[0]
     _checks.shape_equals(gy, "gy", (n_batch, c_out) + args.geom.out,
                          "the shape of forward's output (N, C_out, Ho, Wo)")
-    tier = _tiers.get(backend)
     has_bias = args.bias is not None
-    if n_batch == 0 or c_out == 0:
+    if (n_batch == 0 or c_out == 0) and not _checks.is_device_array(args.x):
         return DeformConv2dGrads(
             np.zeros_like(args.x), np.zeros_like(args.offset), np.zeros_like(args.weight),
             np.zeros(c_out, dtype=args.x.dtype) if has_bias else None,

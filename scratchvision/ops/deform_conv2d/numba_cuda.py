@@ -1,9 +1,12 @@
-"""CUDA tier of deformable convolution (DCNv1 / DCNv2): ``numba.cuda`` kernels and their host
-wrappers.
+"""CUDA tier of deformable convolution (DCNv1 / DCNv2): ``numba.cuda`` kernels and the device
+functions that launch them.
 
-Each function copies its numpy inputs to the device, launches the kernels and copies the
-results back, so it takes and returns numpy arrays like the other tiers. Names mirror
-``loop.py`` and equation numbers refer to ``docs/derivations/deform_conv2d.md``.
+Each function runs on device arrays and returns device arrays;
+:func:`~scratchvision.ops.cuda_common.host_or_device` lets it take NumPy arrays too (copied
+in, results copied back). Nothing inside the op goes through the host: the sampling points,
+their binning for the input gradient and the offset gradient's layout are all built on the
+device. Names mirror ``loop.py`` and equation numbers refer to
+``docs/derivations/deform_conv2d.md``.
 
 What changes relative to ``loop.py``, and why:
 
@@ -17,13 +20,26 @@ What changes relative to ``loop.py``, and why:
   bilinear "image" ``n * G + g`` of C/G channels sampled at ``K*L`` points, so the columns are
   exactly what the bilinear cuda tier's sampling kernel computes on the regrouped views
   ``x`` (N*G, C/G, H, W) and points (N*G, K*L, 2), and its backward gives eqs. (9) and (10):
-  the input gradient as its race-free gather (points binned by cell on the host, one thread
-  per pixel; no atomics, so repeated runs are bit-identical) and the offset gradient as its
-  per-point gather of ``dL/d(x, y)`` (the offset enters the point with slope 1).
-* **Sampling points on the host.** The points (eq. 1) are the regular grid
-  (``columns.sampling_points``, shared with the numpy and numba tiers) plus the offsets,
-  computed with numpy in the data type (the grid is exact); the host needs them anyway to bin
-  them for the gather.
+  the input gradient as its race-free gather (points binned by cell on the device, one thread
+  per input element; no float atomics, so repeated runs are bit-identical) and the offset
+  gradient as its per-point gather of ``dL/d(x, y)`` (the offset enters the point with
+  slope 1).
+* **Points on the device.** ``points_kernel`` writes the points (eq. 1), the regular grid plus
+  the offsets, one thread per point, in the data type (the grid is exact);
+  ``offset_gradient_kernel`` lays the point gradients back out as torchvision's (dy, dx)
+  offset channels. Both are the device form of ``columns.sampling_points`` /
+  ``columns.offset_gradient``, which the numpy and numba tiers use.
+
+Against torchvision's CUDA kernel: torchvision samples the columns with one thread per
+``(input channel, image, output pixel)`` looping over the K taps (so each offset is re-read
+once per channel, and each thread writes K column rows), multiplies with cuBLAS (``addmm``; float32
+FMAs, since torch leaves TF32 off for matrix products by default), and in the backward scatters the input gradient with
+float ``atomicAdd`` (non-deterministic last bits) while one thread per offset coordinate loops
+over the channels for the offset and mask gradients. This tier samples with one thread per
+point (the offset and weights computed once for all C/G channels), runs its own float32 tiled
+product, and gathers the input gradient deterministically after binning the points by cell
+(the cost of that determinism: the binning launches, and a point's weights recomputed per
+channel in the gather).
 
 Precision: float64 inputs are computed in float64, float32 inputs entirely in float32,
 including the sampling points (``loop.py`` accumulates in float64 and rounds once at the end,
@@ -42,8 +58,8 @@ from numba import cuda
 
 from ..bilinear.numba_cuda import sample_backward_on_device, sample_on_device
 from ..conv_geometry import ConvGeometry
-from ..cuda_common import conv_from_columns, grad_columns, grad_weight_and_bias, launch
-from .columns import offset_gradient, sampling_points
+from ..cuda_common import (conv_from_columns, grad_columns, grad_weight_and_bias,
+                           host_or_device, launch)
 
 
 # ----------------------------------------------------------------------------- kernels
@@ -85,48 +101,110 @@ def _build_kernels(float_type) -> SimpleNamespace:
                 columns[n, c, p] *= m
             grad_mask[n, p] = acc
 
-    return SimpleNamespace(modulate=modulate_kernel, modulate_backward=modulate_backward_kernel)
+    @cuda.jit
+    def points_kernel(offset, kernel, stride, padding, dilation, points):
+        """points (N*G, K*L, 2) as (x, y) by eq. (1), from offset (N, 2*G*K, Ho, Wo): one thread
+        per point ``(n, g, k, l)``, ``l`` fastest (neighbouring threads read neighbouring
+        offsets). Tap ``k = i * kw + j`` of output pixel ``l = ho * Wo + wo`` reads row
+        ``ho * sh - ph + i * dh + dy`` and column ``wo * sw - pw + j * dw + dx``, with dy, dx
+        from channels ``g * 2K + 2k`` and ``g * 2K + 2k + 1``."""
+        n_batch, offset_channels, out_h, out_w = offset.shape
+        kh, kw = kernel
+        n_taps = kh * kw
+        groups = offset_channels // (2 * n_taps)
+        pixels = out_h * out_w
+        for q in range(cuda.grid(1), n_batch * groups * n_taps * pixels, cuda.gridsize(1)):
+            l = q % pixels
+            rest = q // pixels
+            k = rest % n_taps
+            ng = rest // n_taps  # n * G + g
+            g = ng % groups
+            n = ng // groups
+            ho = l // out_w
+            wo = l - ho * out_w
+            i = k // kw
+            j = k - i * kw
+            channel = g * 2 * n_taps + 2 * k
+            # the grid position is an exact integer in the data type; then + the offset
+            row = float_type(ho * stride[0] - padding[0] + i * dilation[0])
+            col = float_type(wo * stride[1] - padding[1] + j * dilation[1])
+            points[ng, k * pixels + l, 0] = col + offset[n, channel + 1, ho, wo]  # x = .. + dx
+            points[ng, k * pixels + l, 1] = row + offset[n, channel, ho, wo]  # y = .. + dy
+
+    @cuda.jit
+    def offset_gradient_kernel(grad_points, grad_offset):
+        """grad_offset (N, 2*G*K, L) by eq. (10) from grad_points (N*G, K*L, 2) as (x, y):
+        channel ``g * 2K + 2k`` (dy) takes the y gradient of point ``(n * G + g, k * L + l)``,
+        the next channel (dx) its x gradient. One thread per entry of ``grad_offset``."""
+        n_batch, offset_channels, pixels = grad_offset.shape
+        n_taps = grad_points.shape[1] // pixels
+        groups = offset_channels // (2 * n_taps)
+        for q in range(cuda.grid(1), n_batch * offset_channels * pixels, cuda.gridsize(1)):
+            l = q % pixels
+            rest = q // pixels
+            channel = rest % offset_channels
+            n = rest // offset_channels
+            g = channel // (2 * n_taps)
+            tap_channel = channel - g * 2 * n_taps  # 2k for dy, 2k + 1 for dx
+            k = tap_channel // 2
+            coordinate = 1 - (tap_channel - 2 * k)  # dy <- y (1), dx <- x (0)
+            grad_offset[n, channel, l] = grad_points[n * groups + g, k * pixels + l,
+                                                     coordinate]
+
+    return SimpleNamespace(modulate=modulate_kernel, modulate_backward=modulate_backward_kernel,
+                           points=points_kernel, offset_gradient=offset_gradient_kernel)
 
 
 # Building is cheap: @cuda.jit only compiles on a kernel's first launch.
 _KERNELS = {np.dtype(t): _build_kernels(t) for t in (np.float32, np.float64)}
 
 
-# ----------------------------------------------------------------------------- host side
+# ----------------------------------------------------------------------------- device side
 
-def _grouped_images(x: np.ndarray, offset_groups: int):
-    """x (N, C, H, W) on the device as (N*G, C/G, H, W): one bilinear image per offset group
-    (the channels of a group are contiguous, so this is a view)."""
+def _sampling_points(offset, geom: ConvGeometry, n_taps: int):
+    """points (N*G, K*L, 2) device array by eq. (1), from the device array offset
+    (N, 2*G*K, Ho, Wo)."""
+    n_batch, offset_channels = offset.shape[:2]
+    groups = offset_channels // (2 * n_taps)
+    n_points = n_taps * geom.out[0] * geom.out[1]
+    points = cuda.device_array((n_batch * groups, n_points, 2), dtype=offset.dtype)
+    launch(_KERNELS[offset.dtype].points, n_batch * groups * n_points, offset, geom.kernel,
+           geom.stride, geom.padding, geom.dilation, points)
+    return points
+
+
+def _grouped_images(x, offset_groups: int):
+    """x (N, C, H, W) as (N*G, C/G, H, W): one bilinear image per offset group (the channels
+    of a group are contiguous, so this is a view)."""
     n_batch, channels, height, width = x.shape
-    return cuda.to_device(
-        x.reshape(n_batch * offset_groups, channels // offset_groups, height, width))
+    return x.reshape(n_batch * offset_groups, channels // offset_groups, height, width)
 
 
-def forward(x: np.ndarray, offset: np.ndarray, weight: np.ndarray, bias, mask,
-            geom: ConvGeometry, offset_groups: int, weight_groups: int) -> np.ndarray:
+@host_or_device
+def forward(x, offset, weight, bias, mask, geom: ConvGeometry, offset_groups: int,
+            weight_groups: int):
     """out (N, O, Ho, Wo) by eq. (4), from x (N, C, H, W), offset (N, 2*G*K, Ho, Wo), weight
     (O, C/weight_groups, kh, kw), bias (O,) or None and mask (N, G*K, Ho, Wo) or None."""
     n_batch, channels = x.shape[:2]
     out_h, out_w = geom.out
     n_taps, pixels = geom.kernel[0] * geom.kernel[1], out_h * out_w
-    points = sampling_points(offset, geom)
+    points = _sampling_points(offset, geom, n_taps)
     # eq. (3) at every point: (N*G, C/G, K*L)
-    columns = sample_on_device(_grouped_images(x, offset_groups), cuda.to_device(points))
+    columns = sample_on_device(_grouped_images(x, offset_groups), points)
     if mask is not None:
         # (N, G*K, Ho, Wo) -> (N*G, K*L)
-        d_mask = cuda.to_device(mask.reshape(n_batch * offset_groups, n_taps * pixels))
         launch(_KERNELS[x.dtype].modulate, n_batch * offset_groups * n_taps * pixels,
-               columns, d_mask)
+               columns, mask.reshape(n_batch * offset_groups, n_taps * pixels))
     # (N*G, C/G, K*L) -> (N, C*K, L): row c*K + k, conv2d's column layout
     columns = columns.reshape(n_batch, channels * n_taps, pixels)
-    out = conv_from_columns(columns, cuda.to_device(weight),
-                            None if bias is None else cuda.to_device(bias), weight_groups)
+    out = conv_from_columns(columns, weight, bias, weight_groups)
     # (N, O, L) -> (N, O, Ho, Wo)
-    return out.copy_to_host().reshape(n_batch, weight.shape[0], out_h, out_w)
+    return out.reshape(n_batch, weight.shape[0], out_h, out_w)
 
 
-def backward(gy: np.ndarray, x: np.ndarray, offset: np.ndarray, weight: np.ndarray,
-             has_bias: bool, mask, geom: ConvGeometry, offset_groups: int, weight_groups: int):
+@host_or_device
+def backward(gy, x, offset, weight, has_bias: bool, mask, geom: ConvGeometry,
+             offset_groups: int, weight_groups: int):
     """(grad_input (N, C, H, W) by eq. (9), grad_offset (N, 2*G*K, Ho, Wo) by eq. (10),
     grad_weight (O, C/weight_groups, kh, kw) by eq. (6), grad_bias (O,) by eq. (5) or None,
     grad_mask (N, G*K, Ho, Wo) by eq. (8) or None) from gy (N, O, Ho, Wo) and the forward's
@@ -135,33 +213,31 @@ def backward(gy: np.ndarray, x: np.ndarray, offset: np.ndarray, weight: np.ndarr
     out_h, out_w = geom.out
     n_taps, pixels = geom.kernel[0] * geom.kernel[1], out_h * out_w
     images, group_channels = n_batch * offset_groups, channels // offset_groups
-    points = sampling_points(offset, geom)
-    d_points = cuda.to_device(points)
-    d_images = _grouped_images(x, offset_groups)
-    columns = sample_on_device(d_images, d_points)  # X by eq. (3): (N*G, C/G, K*L)
+    kernels = _KERNELS[x.dtype]
+    points = _sampling_points(offset, geom, n_taps)
+    grouped = _grouped_images(x, offset_groups)
+    columns = sample_on_device(grouped, points)  # X by eq. (3): (N*G, C/G, K*L)
     # (N, O, Ho, Wo) -> (N, O, L)
-    d_gy = cuda.to_device(gy.reshape(n_batch, weight.shape[0], pixels))
+    gy = gy.reshape(n_batch, weight.shape[0], pixels)
     # dL/d(m X) = W^T gy per weight group: (N, C*K, L) -> (N*G, C/G, K*L)
-    d_grad_columns = grad_columns(d_gy, cuda.to_device(weight), weight_groups).reshape(
+    d_grad_columns = grad_columns(gy, weight, weight_groups).reshape(
         images, group_channels, n_taps * pixels)
     grad_mask = None
     if mask is not None:
+        grad_mask = cuda.device_array(mask.shape, dtype=x.dtype)
         # (N, G*K, Ho, Wo) -> (N*G, K*L)
-        d_mask = cuda.to_device(mask.reshape(images, n_taps * pixels))
-        d_grad_mask = cuda.device_array((images, n_taps * pixels), dtype=x.dtype)
-        launch(_KERNELS[x.dtype].modulate_backward, images * n_taps * pixels,
-               d_grad_columns, columns, d_mask, d_grad_mask)
-        # (N*G, K*L) -> (N, G*K, Ho, Wo)
-        grad_mask = d_grad_mask.copy_to_host().reshape(mask.shape)
+        launch(kernels.modulate_backward, images * n_taps * pixels, d_grad_columns, columns,
+               mask.reshape(images, n_taps * pixels),
+               grad_mask.reshape(images, n_taps * pixels))
     # eqs. (5) and (6) from the modulated columns: (N*G, C/G, K*L) -> (N, C*K, L)
     grad_weight, grad_bias = grad_weight_and_bias(
-        d_gy, columns.reshape(n_batch, channels * n_taps, pixels), weight.shape,
+        gy, columns.reshape(n_batch, channels * n_taps, pixels), weight.shape,
         weight_groups, has_bias)
     # eqs. (9) and (10): dL/dX sent back through the bilinear taps of every point
-    grad_images, grad_points = sample_backward_on_device(d_grad_columns, d_images, d_points,
-                                                         points)
-    # (N*G, K*L, 2) as (x, y) -> (N*G, K, L, 2) -> (dy, dx) -> (N*G, K, 2, L) -> offset's layout
-    grad_offset = offset_gradient(grad_points.copy_to_host(), offset.shape)  # eq. (10)
-    return (grad_images.copy_to_host().reshape(x.shape),  # (N*G, C/G, H, W) -> (N, C, H, W)
-            grad_offset, grad_weight.copy_to_host(),
-            None if grad_bias is None else grad_bias.copy_to_host(), grad_mask)
+    grad_images, grad_points = sample_backward_on_device(d_grad_columns, grouped, points)
+    # (N*G, K*L, 2) as (x, y) -> offset's (dy, dx) layout, eq. (10)
+    grad_offset = cuda.device_array(offset.shape, dtype=offset.dtype)
+    launch(kernels.offset_gradient, grad_offset.size, grad_points,
+           grad_offset.reshape(n_batch, offset.shape[1], pixels))
+    # (N*G, C/G, H, W) -> (N, C, H, W)
+    return (grad_images.reshape(x.shape), grad_offset, grad_weight, grad_bias, grad_mask)

@@ -33,6 +33,12 @@ queries, L levels, P points per head and level):
 * output (N, Lq, M * D), head-major: channel ``m * D + d``.
 
 The derivations are in ``docs/derivations/ms_deform_attn.md``.
+
+GPU arrays (numba device arrays, CuPy arrays, torch CUDA tensors) for ``value``,
+``sampling_locations``, ``attention_weights`` and ``gy`` are accepted by the ``cuda`` tier, which
+then returns numba device arrays without touching the host; ``spatial_shapes`` and
+``level_start_index`` stay host integer arrays (their values are checked, and reach the kernels
+as launch parameters). NumPy in gives NumPy out (see ``scratchvision._checks``).
 """
 
 from __future__ import annotations
@@ -101,12 +107,14 @@ def _check_levels(spatial_shapes, level_start_index, n_positions: int):
 
 
 def _validate(value, spatial_shapes, level_start_index, sampling_locations,
-              attention_weights, extra=()):
-    """Check every argument against the others; ``extra`` holds further ``(name, array)``
-    pairs (``gy``) that join the common dtype and are returned after the ``_Args``."""
-    value = _checks.float_array(value, "value", ndim=4)
-    locations = _checks.float_array(sampling_locations, "sampling_locations", ndim=6)
-    weights = _checks.float_array(attention_weights, "attention_weights", ndim=5)
+              attention_weights, backend, extra=()):
+    """Check every argument against the others and resolve ``backend``; ``extra`` holds
+    further ``(name, array)`` pairs (``gy``) that join the common dtype and are returned after
+    the ``_Args`` and the tier module."""
+    value = _checks.float_array(value, "value", ndim=4, device=True)
+    locations = _checks.float_array(sampling_locations, "sampling_locations", ndim=6,
+                                    device=True)
+    weights = _checks.float_array(attention_weights, "attention_weights", ndim=5, device=True)
     n_batch, n_positions, n_heads, _ = value.shape
     shapes, starts = _check_levels(spatial_shapes, level_start_index, n_positions)
     n_levels = shapes.shape[0]
@@ -119,10 +127,11 @@ def _validate(value, spatial_shapes, level_start_index, sampling_locations,
                       "number of levels L (spatial_shapes dim 0, sampling_locations dim 3)")
     _checks.shape_equals(weights, "attention_weights", locations.shape[:5],
                          "(N, Lq, M, L, P) of sampling_locations")
-    value, locations, weights, *extra = _checks.common_float(
-        ("value", value), ("sampling_locations", locations), ("attention_weights", weights),
-        *extra)
-    return _Args(value, shapes, starts, locations, weights), extra
+    named = (("value", value), ("sampling_locations", locations),
+             ("attention_weights", weights), *extra)
+    tier = _tiers.get(backend, **dict(named))
+    value, locations, weights, *extra = _checks.common_float(*named)
+    return _Args(value, shapes, starts, locations, weights), tier, extra
 
 
 def _is_empty(args: _Args) -> bool:
@@ -145,14 +154,15 @@ def forward(value, spatial_shapes, level_start_index, sampling_locations, attent
         backend: ``"auto"``, ``"loop"``, ``"numpy"``, ``"numba"`` or ``"cuda"``.
 
     Returns:
-        (N, Lq, M * D) array: ``out[n, q, m*D + d] = sum_{l, p} attn * V_l[n, m, d](loc)``.
+        (N, Lq, M * D) array: ``out[n, q, m*D + d] = sum_{l, p} attn * V_l[n, m, d](loc)``;
+        a numba device array when the inputs are GPU arrays (cuda tier).
     """
-    args, _ = _validate(value, spatial_shapes, level_start_index, sampling_locations,
-                        attention_weights)
-    tier = _tiers.get(backend)
+    args, tier, _ = _validate(value, spatial_shapes, level_start_index, sampling_locations,
+                              attention_weights, backend)
     n_batch, _, n_heads, head_dim = args.value.shape
     n_queries = args.sampling_locations.shape[1]
-    if _is_empty(args):
+    # an empty case on the host needs no tier; on the GPU the tier makes the device result
+    if _is_empty(args) and not _checks.is_device_array(args.value):
         return np.zeros((n_batch, n_queries, n_heads * head_dim), dtype=args.value.dtype)
     return tier.forward(*args)
 
@@ -169,16 +179,17 @@ def backward(gy, value, spatial_shapes, level_start_index, sampling_locations,
         ``MSDeformAttnGrads(grad_value, grad_sampling_locations, grad_attention_weights)``.
         Where a pixel coordinate is an integer (a kink of the bilinear interpolant) the
         location gradient is the right-hand derivative, as in :mod:`scratchvision.ops.bilinear`.
+        Numba device arrays when the inputs are GPU arrays (cuda tier).
     """
-    gy = _checks.float_array(gy, "gy", ndim=3)
-    args, (gy,) = _validate(value, spatial_shapes, level_start_index, sampling_locations,
-                            attention_weights, extra=[("gy", gy)])
+    gy = _checks.float_array(gy, "gy", ndim=3, device=True)
+    args, tier, (gy,) = _validate(value, spatial_shapes, level_start_index,
+                                  sampling_locations, attention_weights, backend,
+                                  extra=[("gy", gy)])
     n_batch, _, n_heads, head_dim = args.value.shape
     n_queries = args.sampling_locations.shape[1]
     _checks.shape_equals(gy, "gy", (n_batch, n_queries, n_heads * head_dim),
                          "the shape of forward's output (N, Lq, M * D)")
-    tier = _tiers.get(backend)
-    if _is_empty(args):
+    if _is_empty(args) and not _checks.is_device_array(args.value):
         return MSDeformAttnGrads(np.zeros_like(args.value),
                                  np.zeros_like(args.sampling_locations),
                                  np.zeros_like(args.attention_weights))

@@ -1,10 +1,15 @@
-"""CUDA tier of multi-scale deformable attention: ``numba.cuda`` kernels and their host wrappers.
+"""CUDA tier of multi-scale deformable attention: ``numba.cuda`` kernels and the device functions
+that launch them.
 
-Each function copies its numpy inputs to the device, launches one kernel and copies the results
-back, so it takes and returns numpy arrays like the other tiers. Names mirror ``loop.py``
-(value, attn, level, u, v, x, y, x0, y0, ax, ay, w) and equation numbers refer to
-``docs/derivations/ms_deform_attn.md``; the launch constants come from
-:mod:`scratchvision.ops.cuda_common`. Shapes as in :mod:`scratchvision.ops.ms_deform_attn`.
+Each function runs on device arrays and returns device arrays;
+:func:`~scratchvision.ops.cuda_common.host_or_device` lets it take NumPy arrays too (copied
+in, results copied back). Nothing inside the op goes through the host: the level table
+(``spatial_shapes`` and ``level_start_index``, a few integers checked on the host) reaches the
+kernels as launch parameters, tuples of ints, not as arrays to copy, and ``grad_value`` is
+zeroed on the device. Names mirror ``loop.py`` (value, attn, level, u, v, x, y, x0, y0, ax, ay,
+w) and equation numbers refer to ``docs/derivations/ms_deform_attn.md``; the launch constants
+come from :mod:`scratchvision.ops.cuda_common`. Shapes as in
+:mod:`scratchvision.ops.ms_deform_attn`.
 
 What changes relative to ``loop.py``, and why:
 
@@ -30,10 +35,15 @@ What changes relative to ``loop.py``, and why:
   ``grad_value`` entries, with ``cuda.atomic.add`` (hardware float32 and float64 atomics).
   The sum is exact up to rounding, but the *order* of the additions depends on thread timing:
   on a GPU ``grad_value`` may differ in the last bits from run to run. (The design page asks
-  bit-identical runs of the numba CPU tier, which gets them from per-thread buffers; here a
-  race-free gather would need the points sorted by tap first, which costs more than the whole
-  kernel.) ``out``, ``grad_sampling_locations`` and ``grad_attention_weights`` are written by
-  one thread each, in a fixed order: those are bit-reproducible.
+  bit-identical runs of the numba CPU tier, which gets them from per-thread buffers. The
+  deterministic GPU route is bilinear's: bin the taps by the ``value`` row they read with
+  :func:`~scratchvision.ops.cuda_common.bin_by_key`, then gather per ``(n, s, m, d)``. Here
+  that means binning ``N * Lq * M * L * P * 4`` taps -- 11.4 million at the full-scale
+  benchmark, four times the entries the forward reads -- and re-deriving each tap's weight in
+  the gather: more traffic than the whole backward, so this tier keeps the atomics and offers
+  no deterministic variant.) ``out``, ``grad_sampling_locations`` and
+  ``grad_attention_weights`` are written by one thread each, in a fixed order: those are
+  bit-reproducible.
 * **The pixel coordinate in the input dtype, never fused.** Eq. (2), ``x = u * W_l - 0.5``,
   is computed in the input dtype, as in every tier (torch's rule), with a product that the
   compiler may not fuse with the subtraction (``fmul_rn`` / ``dmul_rn``): a fused
@@ -44,6 +54,31 @@ What changes relative to ``loop.py``, and why:
 * **Typed constants.** numba types a bare ``0.0`` as float64 and would promote float32
   arithmetic that touches it, so the kernels are built once per float type
   (:func:`_build_kernels`) with ``zero``/``one`` and shared arrays of that type.
+
+Against the reference kernels:
+
+* **Deformable-DETR's CUDA kernel** (``ms_deform_im2col_cuda.cuh``) runs one thread per output
+  channel ``(n, q, m, d)``, the same thread-per-channel layout as the channel threads here (so
+  the ``value`` reads are the same coalesced rows), but every one of the D threads of a head
+  reads all L * P locations and weights of its query itself and redoes eq. (2) and the corner
+  weights: D times the location arithmetic. Here a block stages each point once in shared
+  memory and the channel threads read the taps from there. Its backward keeps the same
+  mapping: ``grad_value`` by float ``atomicAdd`` as here, and the location and attention
+  gradients summed across the D channel threads of each point through shared memory, with a
+  ``__syncthreads`` per point (or global atomics when the block is not a power of two). Here
+  one thread per point sums over ``d`` in registers instead: no cross-thread reduction and no
+  barrier per point, at the price of each point thread walking its four taps' D values
+  alone.
+* **DCNv4's FlashDeformAttn kernels** go further: each thread owns ``d_stride`` consecutive
+  channels (8 for float32) and moves them with one vector load and store (16 to 32 bytes), a
+  block holds several queries, the levels and points are compile-time constants (the loops
+  unrolled), a query's offsets and attention logits sit side by side in one tensor, and the
+  softmax of the logits is fused into the kernel (forward and backward), so the weights never
+  make a round trip through memory; the backward reduces across the channel threads with warp
+  shuffles. This tier keeps one channel per thread, runtime L and P, and no shuffles -- what
+  the CUDA simulator runs is exactly what the GPU runs -- and leaves the softmax to the layer
+  (``nn.MSDeformAttn``), because the op's contract, like Deformable-DETR's, takes the weights
+  as given.
 
 Precision: float64 inputs are computed in float64; float32 inputs are computed and accumulated
 in float32 (coordinates, weights, products and sums). Results agree with
@@ -64,7 +99,7 @@ from numba import cuda
 from numba.cuda import libdevice
 
 from ..bilinear.numba_cuda import cell_and_weights
-from ..cuda_common import MAX_BLOCKS, THREADS_PER_BLOCK
+from ..cuda_common import MAX_BLOCKS, THREADS_PER_BLOCK, host_or_device, zeros
 
 # Sampled points staged in shared memory at a time. Deformable DETR's heads, levels and points
 # (M * L * P = 8 * 4 * 4) fit in one chunk on a GPU; the simulator stages a few points at a
@@ -115,20 +150,22 @@ def _build_kernels(float_type) -> SimpleNamespace:
         return m, level, rest - level * n_points
 
     @cuda.jit(device=True)
-    def stage_points(n, q, j0, count, spatial_shapes, level_start_index, sampling_locations,
+    def stage_points(n, q, j0, count, level_shapes, level_starts, sampling_locations,
                      attention_weights, tap_row, tap_w, attn_s, ax_s, ay_s):
         """Stage points ``j0 .. j0 + count - 1`` of query ``(n, q)``, one thread per point.
 
-        Fills entry ``k = j - j0`` of the shared arrays: ``tap_row[k, t]`` the row ``s`` of
-        ``value`` that tap ``t`` reads, or -1 outside the level; ``tap_w[k, t]`` its weight;
-        ``attn_s[k]`` the attention weight; ``ax_s[k], ay_s[k]`` the offsets in the cell.
+        ``level_shapes`` is the tuple ``(H_0, W_0, H_1, W_1, ...)`` and ``level_starts`` the
+        tuple of ``level_start_index`` (see :func:`_levels`). Fills entry ``k = j - j0`` of the
+        shared arrays: ``tap_row[k, t]`` the row ``s`` of ``value`` that tap ``t`` reads, or -1
+        outside the level; ``tap_w[k, t]`` its weight; ``attn_s[k]`` the attention weight;
+        ``ax_s[k], ay_s[k]`` the offsets in the cell.
         """
         n_levels, n_points = sampling_locations.shape[3:5]
         for k in range(np.int64(cuda.threadIdx.x), count, np.int64(cuda.blockDim.x)):
             m, level, p = point_of(j0 + k, n_levels, n_points)
-            height = spatial_shapes[level, 0]
-            width = spatial_shapes[level, 1]
-            start = level_start_index[level]  # where x^l starts in value
+            height = level_shapes[2 * level]
+            width = level_shapes[2 * level + 1]
+            start = level_starts[level]  # where x^l starts in value
             attn_s[k] = attention_weights[n, q, m, level, p]  # A_mlqk
             # eq. (2) in the input dtype, as every tier (see the module docstring)
             u = sampling_locations[n, q, m, level, p, 0]
@@ -174,7 +211,7 @@ def _build_kernels(float_type) -> SimpleNamespace:
         return max(j0, m * points_per_head), min(j0 + count, (m + 1) * points_per_head)
 
     @cuda.jit
-    def forward_kernel(value, spatial_shapes, level_start_index, sampling_locations,
+    def forward_kernel(value, level_shapes, level_starts, sampling_locations,
                        attention_weights, out):
         """out (N, Lq, M*D) by eq. (3): one block per query, one thread per channel."""
         tap_row = cuda.shared.array((CHUNK, TAPS), np.int64)
@@ -198,7 +235,7 @@ def _build_kernels(float_type) -> SimpleNamespace:
                 out[n, q, c] = zero
             for j0 in range(0, n_heads * points_per_head, CHUNK):
                 count = min(CHUNK, n_heads * points_per_head - j0)
-                stage_points(n, q, j0, count, spatial_shapes, level_start_index,
+                stage_points(n, q, j0, count, level_shapes, level_starts,
                              sampling_locations, attention_weights, tap_row, tap_w, attn_s,
                              ax_s, ay_s)
                 cuda.syncthreads()  # the chunk is staged
@@ -219,7 +256,7 @@ def _build_kernels(float_type) -> SimpleNamespace:
                 cuda.syncthreads()  # everyone is done before the chunk is restaged
 
     @cuda.jit
-    def backward_kernel(gy, value, spatial_shapes, level_start_index, sampling_locations,
+    def backward_kernel(gy, value, level_shapes, level_starts, sampling_locations,
                         attention_weights, grad_value, grad_locations, grad_weights):
         """grad_value (N, S, M, D) += eq. (5) (zeroed by the caller), grad_locations
         (N, Lq, M, L, P, 2) by eqs. (6)-(7) and grad_weights (N, Lq, M, L, P) by eq. (4):
@@ -241,7 +278,7 @@ def _build_kernels(float_type) -> SimpleNamespace:
             q = nq - n * n_queries
             for j0 in range(0, n_heads * points_per_head, CHUNK):
                 count = min(CHUNK, n_heads * points_per_head - j0)
-                stage_points(n, q, j0, count, spatial_shapes, level_start_index,
+                stage_points(n, q, j0, count, level_shapes, level_starts,
                              sampling_locations, attention_weights, tap_row, tap_w, attn_s,
                              ax_s, ay_s)
                 cuda.syncthreads()  # the chunk is staged
@@ -283,9 +320,9 @@ def _build_kernels(float_type) -> SimpleNamespace:
                     grad_weights[n, q, m, level, p] = g_attn
                     # eq. (7): chain rule through eq. (2), dx/du = W_l, dy/dv = H_l
                     grad_locations[n, q, m, level, p, 0] = g_x * float_type(
-                        spatial_shapes[level, 1])
+                        level_shapes[2 * level + 1])
                     grad_locations[n, q, m, level, p, 1] = g_y * float_type(
-                        spatial_shapes[level, 0])
+                        level_shapes[2 * level])
                 cuda.syncthreads()  # everyone is done before the chunk is restaged
 
     return SimpleNamespace(forward=forward_kernel, backward=backward_kernel)
@@ -295,41 +332,59 @@ def _build_kernels(float_type) -> SimpleNamespace:
 _KERNELS = {np.dtype(t): _build_kernels(t) for t in (np.float32, np.float64)}
 
 
-# ----------------------------------------------------------------------------- host side
+# ----------------------------------------------------------------------------- device side
 
 def _per_query_grid(n_batch: int, n_queries: int) -> tuple[int, int]:
-    """(blocks, threads per block): a block per query, capped; blocks stride over the rest."""
-    return min(MAX_BLOCKS, n_batch * n_queries), THREADS_PER_BLOCK
+    """(blocks, threads per block): a block per query, capped (and at least one: no zero grid);
+    blocks stride over the rest."""
+    return max(1, min(MAX_BLOCKS, n_batch * n_queries)), THREADS_PER_BLOCK
 
 
-def forward(value: np.ndarray, spatial_shapes: np.ndarray, level_start_index: np.ndarray,
-            sampling_locations: np.ndarray, attention_weights: np.ndarray) -> np.ndarray:
-    """out (N, Lq, M*D) by eq. (3), from value (N, S, M, D), spatial_shapes (L, 2),
-    level_start_index (L,), sampling_locations (N, Lq, M, L, P, 2) and attention_weights
-    (N, Lq, M, L, P)."""
+def _levels(spatial_shapes: np.ndarray, level_start_index: np.ndarray) -> tuple[tuple, tuple]:
+    """The level table as launch parameters: ``(H_0, W_0, H_1, W_1, ...)`` and the level
+    starts, tuples of Python ints. They travel with the launch (numba compiles one kernel per
+    number of levels), so no array is copied to the device for them."""
+    return (tuple(int(v) for v in spatial_shapes.reshape(-1)),
+            tuple(int(v) for v in level_start_index))
+
+
+def forward(value, spatial_shapes: np.ndarray, level_start_index: np.ndarray,
+            sampling_locations, attention_weights):
+    """out (N, Lq, M*D) by eq. (3), from value (N, S, M, D), spatial_shapes (L, 2) and
+    level_start_index (L,) (host integers), sampling_locations (N, Lq, M, L, P, 2) and
+    attention_weights (N, Lq, M, L, P)."""
+    return _forward(value, *_levels(spatial_shapes, level_start_index), sampling_locations,
+                    attention_weights)
+
+
+def backward(gy, value, spatial_shapes: np.ndarray, level_start_index: np.ndarray,
+             sampling_locations, attention_weights):
+    """(grad_value (N, S, M, D) by eq. (5), grad_sampling_locations (N, Lq, M, L, P, 2) by
+    eqs. (6)-(7), grad_attention_weights (N, Lq, M, L, P) by eq. (4)) from gy (N, Lq, M*D)
+    and the forward's inputs."""
+    return _backward(gy, value, *_levels(spatial_shapes, level_start_index),
+                     sampling_locations, attention_weights)
+
+
+@host_or_device
+def _forward(value, level_shapes: tuple, level_starts: tuple, sampling_locations,
+             attention_weights):
     n_batch, _, n_heads, head_dim = value.shape
     n_queries = sampling_locations.shape[1]
     out = cuda.device_array((n_batch, n_queries, n_heads * head_dim), dtype=value.dtype)
     _KERNELS[value.dtype].forward[_per_query_grid(n_batch, n_queries)](
-        cuda.to_device(value), cuda.to_device(spatial_shapes),
-        cuda.to_device(level_start_index), cuda.to_device(sampling_locations),
-        cuda.to_device(attention_weights), out)
-    return out.copy_to_host()
+        value, level_shapes, level_starts, sampling_locations, attention_weights, out)
+    return out
 
 
-def backward(gy: np.ndarray, value: np.ndarray, spatial_shapes: np.ndarray,
-             level_start_index: np.ndarray, sampling_locations: np.ndarray,
-             attention_weights: np.ndarray):
-    """(grad_value (N, S, M, D) by eq. (5), grad_sampling_locations (N, Lq, M, L, P, 2) by
-    eqs. (6)-(7), grad_attention_weights (N, Lq, M, L, P) by eq. (4)) from gy (N, Lq, M*D)
-    and the forward's inputs."""
+@host_or_device
+def _backward(gy, value, level_shapes: tuple, level_starts: tuple, sampling_locations,
+              attention_weights):
     n_batch, n_queries = sampling_locations.shape[:2]
-    grad_value = cuda.to_device(np.zeros_like(value))  # the scatter adds into it
+    grad_value = zeros(value.shape, value.dtype)  # the atomic scatter adds into it
     grad_locations = cuda.device_array(sampling_locations.shape, dtype=value.dtype)
     grad_weights = cuda.device_array(attention_weights.shape, dtype=value.dtype)
     _KERNELS[value.dtype].backward[_per_query_grid(n_batch, n_queries)](
-        cuda.to_device(gy), cuda.to_device(value), cuda.to_device(spatial_shapes),
-        cuda.to_device(level_start_index), cuda.to_device(sampling_locations),
-        cuda.to_device(attention_weights), grad_value, grad_locations, grad_weights)
-    return (grad_value.copy_to_host(), grad_locations.copy_to_host(),
-            grad_weights.copy_to_host())
+        gy, value, level_shapes, level_starts, sampling_locations, attention_weights,
+        grad_value, grad_locations, grad_weights)
+    return grad_value, grad_locations, grad_weights
