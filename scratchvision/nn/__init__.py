@@ -27,6 +27,7 @@ from .deformable_attention import MSDeformAttn, grid_offsets_bias
 from .deformable_decoder import DeformableDecoderLayer
 from .deformable_encoder import (DeformableEncoderLayer, encoder_reference_points,
                                  sine_position_encoding)
+from .deformable_transformer import DeformableTransformer
 from .dropout import Dropout
 from .fpn import FeaturePyramidNetwork, LastLevelMaxPool
 from .group_norm import GroupNorm
@@ -37,10 +38,12 @@ from .multiscale import ASPP, InceptionBlock
 from .norm import LayerNorm
 from .pooling import GlobalAvgPool2d, MaxPool2d
 from .position_encoding import PositionEmbeddingSine
+from .transformer import TransformerDecoderLayer, TransformerEncoderLayer
 
 __all__ = ["Parameter", "Module", "Sequential", "Linear", "ReLU", "Conv2d", "DeformConv2d",
            "LayerNorm", "MultiheadAttention", "softmax", "softmax_backward", "MSDeformAttn",
            "grid_offsets_bias", "DeformableEncoderLayer", "encoder_reference_points",
            "sine_position_encoding", "ModuleList", "MaxPool2d", "GlobalAvgPool2d",
            "InceptionBlock", "ASPP", "FeaturePyramidNetwork", "LastLevelMaxPool",
-           "DeformableDecoderLayer", "GroupNorm", "MLP", "PositionEmbeddingSine", "Dropout"]
+           "DeformableDecoderLayer", "GroupNorm", "MLP", "PositionEmbeddingSine", "Dropout",
+           "DeformableTransformer", "TransformerEncoderLayer", "TransformerDecoderLayer"]

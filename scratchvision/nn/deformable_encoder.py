@@ -34,7 +34,8 @@ from .norm import LayerNorm
 from .position_encoding import PositionEmbeddingSine
 from .post_norm import add_and_norm, add_and_norm_backward, feed_forward, feed_forward_backward
 
-__all__ = ["DeformableEncoderLayer", "encoder_reference_points", "sine_position_encoding"]
+__all__ = ["DeformableEncoderLayer", "encoder_reference_points", "sine_position_encoding",
+           "level_embed_gradient"]
 
 
 def encoder_reference_points(spatial_shapes, valid_ratios=None) -> np.ndarray:
@@ -113,6 +114,15 @@ def sine_position_encoding(mask, d_model: int, temperature: float = 10000.0,
     return np.ascontiguousarray(pos.reshape(n_batch, d_model, -1).transpose(0, 2, 1))
 
 
+def level_embed_gradient(grad_pos: np.ndarray, levels: np.ndarray, n_levels: int):
+    """The gradient of ``level_embed`` (L, C), whose row l was added to every position of level
+    l in every image: ``grad_pos`` (N, S, C) summed over the images and over each level's
+    positions (``levels`` (S,) the level of each position)."""
+    grad = np.zeros((n_levels, grad_pos.shape[-1]), dtype=grad_pos.dtype)
+    np.add.at(grad, levels, grad_pos.sum(axis=0))  # (N, S, C) -> (S, C) -> (L, C)
+    return grad
+
+
 class DeformableEncoderLayer(Module):
     """One Deformable DETR encoder layer (``DeformableTransformerEncoderLayer`` with the ReLU
     activation and no dropout) that also adds the level embedding, which Deformable DETR keeps
@@ -139,8 +149,8 @@ class DeformableEncoderLayer(Module):
     """
 
     def __init__(self, d_model: int = 256, d_ffn: int = 1024, n_levels: int = 4,
-                 n_heads: int = 8, n_points: int = 4, *, rng=None, dtype=np.float64,
-                 backend: str = "auto"):
+                 n_heads: int = 8, n_points: int = 4, *, level_embed: bool = True, rng=None,
+                 dtype=np.float64, backend: str = "auto"):
         super().__init__()
         d_model = _checks.positive_int(d_model, "d_model")
         d_ffn = _checks.positive_int(d_ffn, "d_ffn")
@@ -148,7 +158,11 @@ class DeformableEncoderLayer(Module):
         rng, dtype = as_generator(rng), float_dtype(dtype)
         _checks.choice(backend, "backend", BACKENDS)
         self.backend = backend
-        self.level_embed = Parameter(rng.standard_normal((n_levels, d_model)).astype(dtype))
+        # a transformer that adds the level embedding itself (``DeformableTransformer``, as
+        # in the reference) builds its layers with level_embed=False: no parameter here then
+        self.level_embed = (Parameter(rng.standard_normal((n_levels, d_model)).astype(dtype))
+                            if _checks.boolean(level_embed, "level_embed") else None)
+        self.n_levels = n_levels
         self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points, rng=rng,
                                       dtype=dtype, backend=backend)
         self.norm1 = LayerNorm(d_model, dtype=dtype)
@@ -190,7 +204,7 @@ class DeformableEncoderLayer(Module):
         pos = _checks.float_array(pos, "pos", ndim=3)
         _checks.shape_equals(pos, "pos", src.shape, "the shape of src (N, S, C)")
         levels = self._level_of_each_position(spatial_shapes, src.shape[1])
-        lvl_pos = pos + self.level_embed.data[levels]  # (N, S, C) + (S, C)
+        lvl_pos = pos if self.level_embed is None else pos + self.level_embed.data[levels]
         src2 = self.self_attn(src + lvl_pos, reference_points, src, spatial_shapes,
                               level_start_index, padding_mask)
         x = add_and_norm(src, src2, self.norm1)
@@ -208,7 +222,7 @@ class DeformableEncoderLayer(Module):
         times."""
         shapes = _checks.index_array(spatial_shapes, "spatial_shapes", ndim=2)
         _checks.last_dim(shapes, "spatial_shapes", 2, "(H, W) per level")
-        n_levels = self.level_embed.shape[0]
+        n_levels = self.n_levels
         if shapes.shape[0] != n_levels:
             raise ValueError(f"spatial_shapes must have n_levels = {n_levels} rows, one (H, W) "
                              f"per level, got shape {shapes.shape}")
@@ -232,8 +246,6 @@ class DeformableEncoderLayer(Module):
         g_x = feed_forward_backward(grad, **self._ffn())  # the residual path plus the FFN path
         g_residual, g_src2 = add_and_norm_backward(g_x, self.norm1)  # both: that of src + src2
         g_query, grad_ref, g_flat = self.self_attn.backward(g_src2)
-        # level_embed[l] was added to every position of level l in every image
-        g_level = np.zeros_like(self.level_embed.data)
-        np.add.at(g_level, levels, g_query.sum(axis=0))  # (N, S, C) -> (S, C) -> (L, C)
-        self.level_embed.accumulate(g_level)
+        if self.level_embed is not None:
+            self.level_embed.accumulate(level_embed_gradient(g_query, levels, self.n_levels))
         return g_residual + g_flat + g_query, g_query, grad_ref
