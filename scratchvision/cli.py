@@ -71,10 +71,17 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0, help="weights and data (default: 0)")
     train.add_argument("--backend", default="auto", choices=BACKENDS)
     train.add_argument("--batch-size", type=int, default=8)
-    train.add_argument("--lr", type=float, default=1e-3, help="Adam's learning rate")
+    train.add_argument("--lr", type=float, default=None,
+                       help="Adam's learning rate (default: 2e-4 for the DETR models, 1e-3 "
+                            "for the anchor detectors)")
     train.add_argument("--eval-images", type=int, default=200,
                        help="held-out images evaluated at the end (default: 200)")
     train.add_argument("--checkpoint-every", type=int, default=250)
+    train.add_argument("--clip-norm", type=float, default=None,
+                       help="clip the gradient's norm (default: 0.1 for the DETR models, "
+                            "off for the anchor detectors)")
+    train.add_argument("--eval-every", type=int, default=0,
+                       help="evaluate on 100 held-out images every N steps (AP curve)")
     train.add_argument("--resume", action="store_true",
                        help="continue the run saved in --out")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -113,13 +120,18 @@ def _parser() -> argparse.ArgumentParser:
 def _train(args) -> int:
     import json
 
+    from .models import DETR_MODELS
     from .training import RunError, TrainConfig, train
 
+    set_prediction = args.model in DETR_MODELS
+    lr = args.lr if args.lr is not None else (2e-4 if set_prediction else 1e-3)
+    clip = args.clip_norm if args.clip_norm is not None else (0.1 if set_prediction else 0.0)
     try:
         config = TrainConfig(model=args.model, steps=args.steps, batch_size=args.batch_size,
-                             lr=args.lr, seed=args.seed, backend=args.backend,
+                             lr=lr, seed=args.seed, backend=args.backend,
                              eval_images=args.eval_images,
-                             checkpoint_every=args.checkpoint_every)
+                             checkpoint_every=args.checkpoint_every, clip_norm=clip,
+                             eval_every=args.eval_every)
     except (ValueError, TypeError) as exc:
         raise RunError(str(exc)) from None
     metrics = train(config, args.out, resume=args.resume, progress=not args.quiet)

@@ -38,7 +38,7 @@ from .models import MODELS, build_model
 from .optim import Adam
 
 __all__ = ["TrainConfig", "RunError", "CheckpointError", "train", "load_run", "evaluate_model",
-           "held_out_set", "detections_to_coco", "plot_losses", "read_image",
+           "held_out_set", "shapes_dataset", "detections_to_coco", "plot_losses", "read_image",
            "draw_detections", "HELD_OUT_SEED", "PYRAMID_SCALES"]
 
 #: the seed of the held-out images (no training stream uses it)
@@ -56,7 +56,11 @@ class TrainConfig:
     """Everything that defines a training run (and goes into ``config.json``).
 
     ``warmup_steps``: the learning rate rises linearly from 0 over these first steps;
-    ``decay_at``: at this fraction of the run it drops tenfold (a step schedule).
+    ``decay_at``: at this fraction of the run it drops tenfold (a step schedule);
+    ``clip_norm``: when positive, the gradient of all parameters together is scaled down to
+    this norm when it is longer (DETR trains with 0.1); ``eval_every``: when positive, the
+    model is evaluated on the held-out images every that many steps (the AP-against-step
+    curve of ``metrics.json``).
     """
 
     model: str
@@ -70,6 +74,8 @@ class TrainConfig:
     checkpoint_every: int = 250
     warmup_steps: int = 100
     decay_at: float = 0.8
+    clip_norm: float = 0.0
+    eval_every: int = 0
     model_config: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
@@ -78,6 +84,10 @@ class TrainConfig:
             _checks.positive_int(getattr(self, name), name)
         _checks.nonnegative_int(self.seed, "seed")
         _checks.nonnegative_int(self.warmup_steps, "warmup_steps")
+        _checks.nonnegative_int(self.eval_every, "eval_every")
+        _checks.real_number(self.clip_norm, "clip_norm", finite=True)
+        if self.clip_norm < 0:
+            raise ValueError(f"clip_norm must be >= 0 (0 = no clipping), got {self.clip_norm}")
         _checks.real_number(self.lr, "lr", finite=True, positive=True)
         _checks.number_in_range(self.decay_at, "decay_at", 0.0, 1.0)
 
@@ -97,16 +107,23 @@ class CheckpointError(RunError):
 
 # ----------------------------------------------------------------------------- checkpoints
 
+def _as_json(config: TrainConfig) -> dict:
+    """The settings as ``config.json`` holds them (tuples become lists)."""
+    return json.loads(json.dumps(dataclasses.asdict(config)))
+
+
 def _model_kwargs(config: TrainConfig) -> dict:
     return dict(config.model_config, rng=config.seed, backend=config.backend)
 
 
-def _save(directory: Path, model, optimizer, step: int, history: np.ndarray) -> None:
+def _save(directory: Path, model, optimizer, step: int, history: np.ndarray,
+          ap_history: np.ndarray) -> None:
     """Write ``checkpoint.npz`` atomically."""
     arrays = {f"model.{k}": v for k, v in model.state_dict().items()}
     arrays.update({f"optimizer.{k}": v for k, v in optimizer.state_dict().items()})
     arrays["step"] = np.asarray(step, dtype=np.int64)
     arrays["history"] = history
+    arrays["ap_history"] = ap_history
     atomic_write(directory / CHECKPOINT_FILE, lambda f: np.savez(f, **arrays), binary=True)
 
 
@@ -133,8 +150,9 @@ def _read_config(directory: Path) -> TrainConfig:
         raise CheckpointError(f"{path}: {exc}") from None
 
 
-def _read_checkpoint(directory: Path, model, optimizer=None) -> tuple[int, np.ndarray]:
-    """Load ``checkpoint.npz`` into ``model`` (and ``optimizer``); return (step, history)."""
+def _read_checkpoint(directory: Path, model, optimizer=None):
+    """Load ``checkpoint.npz`` into ``model`` (and ``optimizer``); return (step, history,
+    ap_history)."""
     path = directory / CHECKPOINT_FILE
     if not path.is_file():
         raise CheckpointError(f"{path}: no such file (the run has not saved a checkpoint)")
@@ -143,7 +161,7 @@ def _read_checkpoint(directory: Path, model, optimizer=None) -> tuple[int, np.nd
             arrays = {k: data[k] for k in data.files}
     except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise CheckpointError(f"{path}: not a readable .npz checkpoint ({exc})") from None
-    for key in ("step", "history"):
+    for key in ("step", "history", "ap_history"):
         if key not in arrays:
             raise CheckpointError(f"{path}: missing key {key!r}")
     try:
@@ -154,7 +172,7 @@ def _read_checkpoint(directory: Path, model, optimizer=None) -> tuple[int, np.nd
                                        if k.startswith("optimizer.")})
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: {exc}") from None
-    return int(arrays["step"]), arrays["history"]
+    return int(arrays["step"]), arrays["history"], arrays["ap_history"]
 
 
 def load_run(directory):
@@ -188,23 +206,26 @@ def train(config: TrainConfig, directory, resume: bool = False, progress: bool =
     model = build_model(config.model, **_model_kwargs(config))
     optimizer = Adam(model.parameters(), lr=config.lr)
     history = np.zeros((config.steps, len(HISTORY_COLUMNS)))
+    ap_history = np.zeros((0, 3))  # rows (step, AP, AP50)
     start = 0
     if resume:
-        saved = _read_config(directory)
-        if saved != config:
+        saved, wanted = _as_json(_read_config(directory)), _as_json(config)
+        if saved != wanted:
+            changed = sorted(k for k in wanted if saved.get(k) != wanted[k])
             raise CheckpointError(f"{directory / CONFIG_FILE}: the saved settings differ from "
-                                  f"this command's: {dataclasses.asdict(saved)} vs "
-                                  f"{dataclasses.asdict(config)}")
-        start, saved_history = _read_checkpoint(directory, model, optimizer)
+                                  f"this command's in {changed}: "
+                                  f"{ {k: saved.get(k) for k in changed} } vs "
+                                  f"{ {k: wanted[k] for k in changed} }")
+        start, saved_history, ap_history = _read_checkpoint(directory, model, optimizer)
         history[:min(len(saved_history), config.steps)] = saved_history[:config.steps]
     else:
         if (directory / CHECKPOINT_FILE).exists():
             raise CheckpointError(f"{directory / CHECKPOINT_FILE}: a run already lives here; "
                                   f"pass --resume to continue it or choose another --out")
         directory.mkdir(parents=True, exist_ok=True)
-        atomic_write(directory / CONFIG_FILE, lambda f: json.dump(
-            dataclasses.asdict(config), f, indent=1), binary=False)
-    stream = ShapesDataset(config.steps * config.batch_size, config.image_size, config.seed)
+        atomic_write(directory / CONFIG_FILE, lambda f: json.dump(_as_json(config), f, indent=1),
+                     binary=False)
+    stream = shapes_dataset(config, config.steps * config.batch_size, config.seed)
     began = time.perf_counter()
     bar = tqdm(range(start, config.steps), initial=start, total=config.steps,
                disable=not progress, desc=f"train {config.model}", unit="step")
@@ -214,13 +235,20 @@ def train(config: TrainConfig, directory, resume: bool = False, progress: bool =
         parts, grads = model.loss(outputs, targets)
         model.zero_grad()
         model.backward(grads)
+        if config.clip_norm > 0:
+            clip_gradient_norm(model.parameters(), config.clip_norm)
         optimizer.lr = config.learning_rate(step)
         optimizer.step()
         history[step] = (parts.total, parts.classification, parts.box_regression)
         bar.set_postfix(loss=f"{parts.total:.3f}", cls=f"{parts.classification:.3f}",
                         box=f"{parts.box_regression:.3f}", refresh=False)
+        if config.eval_every and (step + 1) % config.eval_every == 0:
+            stats = evaluate_model(model.eval(), config, count=min(100, config.eval_images))
+            model.train()
+            ap_history = np.concatenate([ap_history, [[step + 1, stats.stats[0],
+                                                       stats.stats[1]]]])
         if (step + 1) % config.checkpoint_every == 0 or step + 1 == config.steps:
-            _save(directory, model, optimizer, step + 1, history)
+            _save(directory, model, optimizer, step + 1, history, ap_history)
     bar.close()
     seconds = time.perf_counter() - began
     evaluation = evaluate_model(model.eval(), config)
@@ -231,6 +259,8 @@ def train(config: TrainConfig, directory, resume: bool = False, progress: bool =
         "train_seconds_this_session": round(seconds, 1), "steps_this_session":
             config.steps - start, "held_out_images": config.eval_images,
         "stats": dict(zip(evaluation.names, (float(s) for s in evaluation.stats))),
+        "ap_against_step": [{"step": int(s), "AP": float(ap), "AP50": float(ap50)}
+                            for s, ap, ap50 in ap_history],
     }
     atomic_write(directory / METRICS_FILE, lambda f: json.dump(metrics, f, indent=1),
                  binary=False)
@@ -238,11 +268,28 @@ def train(config: TrainConfig, directory, resume: bool = False, progress: bool =
     return metrics
 
 
+def clip_gradient_norm(params, max_norm: float) -> float:
+    """Scale every parameter's ``.grad`` by ``min(1, max_norm / norm)``, ``norm`` the length
+    of all of them together (``torch.nn.utils.clip_grad_norm_``); returns that norm."""
+    norm = float(np.sqrt(sum(float(np.sum(p.grad.astype(np.float64) ** 2)) for p in params)))
+    if norm > max_norm:
+        for p in params:
+            p.grad *= max_norm / (norm + 1e-6)
+    return norm
+
+
 # ----------------------------------------------------------------------------- evaluation
+
+def shapes_dataset(config: TrainConfig, count: int, seed: int) -> ShapesDataset:
+    """The shapes images of a run: ``config.image_size`` square, objects up to 128 px (or the
+    image's size, for smaller images)."""
+    return ShapesDataset(count, config.image_size, seed,
+                         max_side=min(128, config.image_size))
+
 
 def held_out_set(config: TrainConfig, count: int | None = None) -> ShapesDataset:
     """The held-out images every model is evaluated on."""
-    return ShapesDataset(count or config.eval_images, config.image_size, HELD_OUT_SEED)
+    return shapes_dataset(config, count or config.eval_images, HELD_OUT_SEED)
 
 
 def detections_to_coco(predictions: list[dict], first_image_id: int = 0) -> list[dict]:
