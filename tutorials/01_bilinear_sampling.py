@@ -26,7 +26,8 @@
 # 6. run the same computation on every tier and compare,
 # 7. verify a backward pass of your own with `scratchvision.gradcheck`.
 #
-# The maths is derived step by step in `docs/derivations/bilinear.md`; equation numbers below,
+# The maths is derived step by step on the
+# [bilinear derivation page](../docs/derivations/bilinear.md) (`docs/derivations/bilinear.md`); equation numbers below,
 # like "eq. (2)", refer to that page and to the comments of
 # `scratchvision/ops/bilinear/loop.py`.
 #
@@ -77,7 +78,8 @@ print("pixel (x=0, y=0):", image[0, 0, 0, 0], "-- at an integer point, sampling 
 # cell whose top-left pixel centre is `(x0, y0) = (floor(x), floor(y))`, at fractional offsets
 # `ax = x - x0`, `ay = y - y0` (eq. 1). Each of the cell's four corners (the *taps*) gets a
 # weight that grows as the point approaches it (eq. 2), and the sample is the weighted sum of
-# the four pixels (eq. 4).
+# the four pixels (eq. 4). The derivation: [the cell and the fractional offsets](../docs/derivations/bilinear.md#the-cell-and-the-fractional-offsets),
+# [the four weights](../docs/derivations/bilinear.md#the-four-weights), [the sample](../docs/derivations/bilinear.md#the-sample).
 
 # %%
 x, y = points[0, 0]
@@ -157,7 +159,8 @@ show(fig, "line")
 # The slope is constant on each interval `[k, k + 1)` and jumps at every integer. At a kink the
 # derivative does not exist; `scratchvision` (like `grid_sample`) returns the **right-hand**
 # one, because `floor` puts a point with integer `x = k` at the left edge of the cell
-# `[k, k + 1)`. Compare with the slopes measured just left and right of `x = 6`:
+# `[k, k + 1)` ([kinks and borders](../docs/derivations/bilinear.md#kinks-and-borders)). Compare with the slopes measured
+# just left and right of `x = 6`:
 
 # %%
 def sample_at(px, py):
@@ -183,10 +186,14 @@ print(f"slope from the left {left:+.6f}, from the right {right:+.6f}, "
 # A network that predicts where to sample learns from `grad_points`: which way to move each
 # point to change the loss. With `gy` all ones the loss is the sum of the samples, and the
 # gradient points uphill on the (interpolated) image. Inside a cell it is the
-# *difference-of-taps* form of eqs. (6) and (7):
+# *difference-of-taps* form of eqs. (6) and (7)
+# ([with respect to the point](../docs/derivations/bilinear.md#with-respect-to-the-point-derivatives-of-the-weights)):
 #
-# `dL/dx = (1 - ay) * (I01 - I00) + ay * (I11 - I10)`: the horizontal slopes of the top and
-# bottom rows of the cell, blended by how far down the point is, and the same for `y`.
+# $$\frac{\partial L}{\partial x} = (1 - a_y)\,(I_{01} - I_{00}) + a_y\,(I_{11} - I_{10})$$
+#
+# the horizontal slopes of the top and bottom rows of the cell, blended by how far down the
+# point is, and the same for `y`. In the code's names:
+# `dL/dx = (1 - ay) * (I01 - I00) + ay * (I11 - I10)`.
 
 # %%
 rng = np.random.default_rng(0)
@@ -221,7 +228,8 @@ assert np.allclose(grad_arrows[0, 0], [numeric_dx, numeric_dy], rtol=1e-6, atol=
 # %% [markdown]
 # ## 5. At the border: per-tap zero padding
 #
-# A tap outside the image reads zero, *independently of the other taps* (eq. 3). So the
+# A tap outside the image reads zero, *independently of the other taps* (eq. 3,
+# [per-tap zero padding](../docs/derivations/bilinear.md#per-tap-zero-padding)). So the
 # sample fades linearly to zero over the one pixel outside the image, and is exactly zero
 # beyond. Sample a grid that extends two pixels past every edge:
 
@@ -251,7 +259,7 @@ for bx in (-1.5, -1.0, -0.5, 0.0, W - 1.0, W - 0.5, float(W), W + 0.5):
 
 # %% [markdown]
 # Points with a non-finite coordinate (`nan`, `inf`) contribute zero and get zero gradient;
-# they never turn into an array index.
+# they never turn into an array index ([non-finite points](../docs/derivations/bilinear.md#non-finite-points)).
 
 # %%
 print("sample at (nan, 3):", sample_at(np.nan, 3.0), "  d/dx:", slope_at(np.nan, 3.0))
@@ -390,5 +398,9 @@ fixed.raise_if_failed()
 # report.raise_if_failed()
 # ```
 #
-# Next: `docs/derivations/bilinear.md` derives every formula used here, and the loop tier
-# `scratchvision/ops/bilinear/loop.py` implements them line by line.
+# Next: the [bilinear derivation page](../docs/derivations/bilinear.md) derives every formula used here, and the loop
+# tier `scratchvision/ops/bilinear/loop.py` implements them line by line. Then write the
+# backward pass yourself: the exercise `bilinear_backward`
+# ([the exercises](exercises/README.md)) leaves its gradient lines out and checks yours. The
+# [next tutorial](02_deformable_convolution.py) puts bilinear sampling to work in a layer that
+# learns where to look.

@@ -17,10 +17,12 @@
 # A 3x3 convolution computes each output pixel from the 3x3 block of input pixels around it:
 # the **sampling grid** is fixed. Deformable convolution (DCN, Dai et al. 2017; DCNv2, Zhu et
 # al. 2019) moves each of the nine taps by an *offset* that a small convolution predicts from
-# the input, reads the input there with bilinear sampling (tutorial 1), and, in DCNv2, scales
-# each tap by a learned *mask*:
+# the input, reads the input there with bilinear sampling
+# ([tutorial 1](01_bilinear_sampling.py)), and, in DCNv2, scales each tap by a learned *mask*:
 #
-# `y(p0) = sum_k w_k * m_k(p0) * x(p0 + p_k + dp_k(p0))`
+# $$y(p_0) = \sum_k w_k\, m_k(p_0)\, x\big(p_0 + p_k + \Delta p_k(p_0)\big)$$
+#
+# (`y(p0) = sum_k w_k * m_k(p0) * x(p0 + p_k + dp_k(p0))` in the code's names)
 #
 # where `p_k` runs over the regular grid `(-1, -1), (-1, 0), ..., (1, 1)` and `dp_k(p0)` is the
 # learned offset of tap `k` at output pixel `p0`. In this tutorial you will
@@ -33,6 +35,10 @@
 # 4. plot where the deformable layer moved its taps;
 # 5. verify the layer's hand-written backward pass with `scratchvision.gradcheck`, and watch
 #    it catch a classic bug.
+#
+# The maths is derived on the [deformable convolution page](../docs/derivations/deform_conv2d.md) (the operator) and in
+# [the mask path through the sigmoid](../docs/derivations/module_gradients.md#deformconv2d-the-mask-path-through-the-sigmoid)
+# (the layer around it).
 #
 # Run this file as a script (`python tutorials/02_deformable_convolution.py`) or open it as a
 # notebook (`jupytext --to ipynb tutorials/02_deformable_convolution.py`).
@@ -83,7 +89,8 @@ picture = smooth_images(rng, 1, 20, sigma=2.0)[:, None]  # (N=1, C=1, H=20, W=20
 #
 # As an example we rotate the grid by 30 degrees and stretch it by a factor 2, the same at
 # every output pixel: tap `k` at grid position `p_k` moves to `2 R p_k`, so its offset is
-# `dp_k = 2 R p_k - p_k`.
+# `dp_k = 2 R p_k - p_k`. (The layout and the sampling point:
+# [conventions and layout](../docs/derivations/deform_conv2d.md#conventions-and-layout), [the sampling point](../docs/derivations/deform_conv2d.md#the-sampling-point).)
 
 # %%
 grid = np.array([(i - 1, j - 1) for i in range(3) for j in range(3)], dtype=float)  # (9, 2) (y, x)
@@ -200,7 +207,10 @@ print("best 3x3 kernel:\n", coefficients[:9].reshape(3, 3).round(2))
 # `nn.DeformConv2d(1, 1, 3, padding=1)` is the DCNv2 "pack" layer: besides its 3x3 `weight` and
 # `bias` it owns `conv_offset`, a plain 3x3 convolution from the input to `3 * 9` channels,
 # 18 offsets and 9 mask logits (mask = sigmoid(logits)). `conv_offset` starts at zero, so the
-# fresh layer is a plain convolution with every tap weighted by sigmoid(0) = 1/2.
+# fresh layer is a plain convolution with every tap weighted by sigmoid(0) = 1/2. Its backward
+# chains the operator's offset and mask gradients ([offset](../docs/derivations/deform_conv2d.md#offset-the-slopes-of-the-interpolant),
+# [mask](../docs/derivations/deform_conv2d.md#mask)) through the sigmoid into `conv_offset`:
+# [the mask path](../docs/derivations/module_gradients.md#deformconv2d-the-mask-path-through-the-sigmoid).
 #
 # Training is the loop from `scratchvision.nn.module`: zero the gradients, forward, loss,
 # backward (which accumulates into every `.grad`), optimizer step.
@@ -370,7 +380,8 @@ report.raise_if_failed()
 # The input reaches the output along **two** paths: it is sampled by the deformable
 # convolution, and it also produces the offsets and mask through `conv_offset`. A backward that
 # forgets the second path is wrong, yet looks plausible, and training with it would even
-# sort-of work. Below, a subclass with that bug: gradcheck flags `x` and nothing else.
+# sort-of work (the two paths are eq. (12) of [module-level gradients](../docs/derivations/module_gradients.md#the-inputs-two-paths)).
+# Below, a subclass with that bug: gradcheck flags `x` and nothing else.
 
 # %%
 class ForgetfulDeformConv2d(nn.DeformConv2d):
@@ -397,5 +408,8 @@ assert all(result.ok for name, result in buggy.results.items() if name != "x")
 # Use the same pattern for any layer you write: wrap it as functions of its input and
 # parameters, run `gradcheck` in float64 with inputs kept off the kinks, and read the table.
 #
-# Next: `docs/derivations/deform_conv2d.md` derives every gradient of the operator, and
-# `scratchvision/ops/deform_conv2d/loop.py` implements them line by line.
+# Next: the [deformable convolution page](../docs/derivations/deform_conv2d.md) derives every gradient of the operator, and
+# `scratchvision/ops/deform_conv2d/loop.py` implements them line by line. Then write them
+# yourself: the exercise `deform_conv2d_offset_mask` ([the exercises](exercises/README.md)).
+# The [next tutorial](03_deformable_attention.py) lets a query read a few learned points of a
+# whole feature pyramid.

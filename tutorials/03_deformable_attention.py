@@ -20,7 +20,11 @@
 # al., 2021) lets each query read only a few points per head and pyramid level, at learned
 # fractional positions around a *reference point*, sampled bilinearly (tutorial 1):
 #
-# `MSDeformAttn(z_q, p_q, {x^l}) = sum_m W_m [sum_l sum_k A_mlqk * W'_m x^l(phi_l(p_q) + dp_mlqk)]`
+# $$\operatorname{MSDeformAttn}(z_q, \hat p_q, \{x^l\}) = \sum_{m} W_m \Big[\sum_{l} \sum_{k}
+# A_{mlqk}\, W'_m\, x^l\big(\phi_l(\hat p_q) + \Delta p_{mlqk}\big)\Big]$$
+#
+# (`MSDeformAttn(z_q, p_q, {x^l}) = sum_m W_m [sum_l sum_k A_mlqk * W'_m x^l(phi_l(p_q) +
+# dp_mlqk)]` in the code's names)
 #
 # for query content `z_q`, reference point `p_q`, levels `x^l`, heads `m`, points `k`,
 # attention weights `A` and sampling offsets `dp`, both predicted from `z_q` by linear layers.
@@ -36,9 +40,9 @@
 # 5. write a deformable attention of your own with `bilinear.sample` and verify its
 #    backward pass with `scratchvision.gradcheck`, which catches a classic bug.
 #
-# The maths is derived in `docs/derivations/ms_deform_attn.md`; equation numbers like
-# "eq. (2)" refer to that page and to the comments of
-# `scratchvision/ops/ms_deform_attn/loop.py`.
+# The maths is derived on the [multi-scale deformable attention page](../docs/derivations/ms_deform_attn.md)
+# (`docs/derivations/ms_deform_attn.md`); equation numbers like "eq. (2)" refer to that page
+# and to the comments of `scratchvision/ops/ms_deform_attn/loop.py`.
 #
 # Run this file as a script (`python tutorials/03_deformable_attention.py`) or open it as a
 # notebook (`jupytext --to ipynb tutorials/03_deformable_attention.py`).
@@ -122,7 +126,7 @@ show(fig, "pyramid")
 # concatenated** into one array of `S = sum_l H_l W_l` positions, plus two small integer
 # arrays that say where each level is: `spatial_shapes` (L, 2) holds `(H_l, W_l)` and
 # `level_start_index` (L,) the first position of each level. Pixel `(r, c)` of level `l` is
-# position `level_start_index[l] + r * W_l + c`.
+# position `level_start_index[l] + r * W_l + c` ([conventions and layout](../docs/derivations/ms_deform_attn.md#conventions-and-layout)).
 
 # %%
 # per level (N, C, H, W) -> (N, C, H*W) -> (N, H*W, C); concatenated: (N, S, C)
@@ -141,7 +145,11 @@ print("level_start_index", level_start_index.tolist(), " S =", flat.shape[1])
 # (r + 0.5) / H_l)`, where `(0, 0)` is the top-left corner and `(1, 1)` the bottom-right corner
 # of the image. The same normalised point is used on every level (the paper's `phi_l`), since
 # every level covers the same image. We pick three queries on the finest level: on the house,
-# on the sun and on the striped field. Their content `z_q` is their own feature vector.
+# on the sun and on the striped field. Their content `z_q` is their own feature vector. (How
+# reference points and offsets make the locations, and their gradients:
+# [from reference points and offsets to locations](../docs/derivations/ms_deform_attn.md#from-reference-points-and-offsets-to-locations);
+# where reference points come from in a whole model:
+# [module-level gradients](../docs/derivations/module_gradients.md#msdeformattn-the-gradients-of-the-reference-points).)
 
 # %%
 query_pixels = [(14, 12), (6, 31), (29, 16)]  # (row, col) on level 0, 32 x 40
@@ -163,7 +171,9 @@ print("output", out.shape)
 # heads at once; `sampling_offsets` and `attention_weights` predict `dp` and the logits of `A`
 # from the query; `ms_deform_attn.forward` is the bracket, the sampling and the weighted sum;
 # `output_proj` applies the `W_m`. We redo the layer's forward by hand to see every shape, and
-# check that it gives the same output.
+# check that it gives the same output. The softmax over each head's points and its backward:
+# [the attention weights](../docs/derivations/ms_deform_attn.md#the-attention-weights-one-softmax-per-head),
+# [softmax](../docs/derivations/module_gradients.md#softmax).
 
 # %%
 n_batch, n_queries = query.shape[:2]
@@ -199,7 +209,8 @@ assert np.allclose(plan[0], locations) and np.allclose(plan[1], attention)
 # ## 3. Where the queries look
 #
 # A normalised location `(u, v)` is pixel `(x, y) = (u W_l - 0.5, v H_l - 0.5)` of level `l`
-# (eq. 2): integer `(x, y)` is the centre of pixel `[y, x]`, which is also where `imshow`
+# (eq. 2, [from normalised to pixel coordinates](../docs/derivations/ms_deform_attn.md#from-normalised-to-pixel-coordinates)):
+# integer `(x, y)` is the centre of pixel `[y, x]`, which is also where `imshow`
 # draws that pixel, so we can scatter the points straight onto each level's map.
 #
 # A freshly built layer has zero `sampling_offsets.weight` and a bias that the paper
@@ -390,7 +401,8 @@ print(f"100 x 100: dense {1e3 * t_dense:.0f} ms and {m_dense / 1e9:.2f} GB peak 
 #
 # At the full scale of the Deformable-DETR encoder (four levels, `S = 22 323`, 8 heads) the
 # dense attention matrix would be 16 GB per image and layer (the derivation page has the
-# numbers): that is why the paper's multi-scale encoder needs deformable attention.
+# numbers: [what it costs against dense attention](../docs/derivations/ms_deform_attn.md#what-it-costs-against-dense-attention)):
+# that is why the paper's multi-scale encoder needs deformable attention.
 
 # %% [markdown]
 # ## 5. Your own deformable attention, checked with `gradcheck`
@@ -542,6 +554,9 @@ fixed.raise_if_failed()
 # report.raise_if_failed()
 # ```
 #
-# Next: `docs/derivations/ms_deform_attn.md` derives every gradient of the operator and
-# compares its cost with dense attention at the full scale of Deformable DETR, and
-# `scratchvision/ops/ms_deform_attn/loop.py` implements the equations line by line.
+# Next: the [multi-scale deformable attention page](../docs/derivations/ms_deform_attn.md) derives every gradient of the
+# operator and compares its cost with dense attention at the full scale of Deformable DETR,
+# and `scratchvision/ops/ms_deform_attn/loop.py` implements the equations line by line. Then
+# write them yourself: the exercise `ms_deform_attn_backward`
+# ([the exercises](exercises/README.md)). The [next tutorial](04_multiscale.py) puts one image
+# through four ways of handling scale.

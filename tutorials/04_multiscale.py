@@ -33,8 +33,8 @@
 #
 # The strategy pages of the docs (`docs/strategies/*.md`) derive what is computed here: the
 # receptive field formula, the gradients of concatenation and nearest upsampling, the anchor
-# count and the IoU coverage argument; max pooling, an op of its own, is derived on
-# `docs/derivations/max_pool2d.md`.
+# count and the IoU coverage argument; max pooling, an op of its own, is derived on the
+# [max pooling page](../docs/derivations/max_pool2d.md).
 #
 # Run this file as a script (`python tutorials/04_multiscale.py`) or open it as a notebook
 # (`jupytext --to ipynb tutorials/04_multiscale.py`).
@@ -130,7 +130,8 @@ show(fig, "image")
 # Our "model" is a fixed blob detector: a difference of Gaussians (blur at `sigma`, minus blur
 # at `1.6 sigma`) of the grey image. It responds most to bright blobs about 16 pixels wide,
 # less to smaller and larger ones. The Gaussian blur is separable: a 1xk then a kx1
-# convolution with `conv2d`.
+# convolution with `conv2d`. What the pyramid costs and buys, and its gradients:
+# [multi-scale input](../docs/strategies/multiscale_input.md).
 
 # %%
 def gaussian_kernel(sigma):
@@ -208,7 +209,7 @@ for name, cx, cy, *_ in OBJECTS:
 # A backbone computes a pyramid of its own: each stage halves the resolution. Ours is tiny
 # and untrained (random weights are enough to look at geometry): a stride-2 stem and three
 # stages of two 3x3 convolutions, the first with stride 2. Its maps C2, C3, C4 have strides
-# 4, 8 and 16.
+# 4, 8 and 16. The FPN's cost, benefit and backward: [feature pyramid networks](../docs/strategies/fpn.md).
 
 # %%
 def stage(c_in, c_out):
@@ -242,9 +243,12 @@ for name, c, p in zip(names, features + [None], outputs):
 #
 # For a chain of layers with kernel `k`, stride `s`, padding `p` and dilation `d`, the
 # receptive field size `R`, the jump `j` (input pixels between neighbouring units) and the
-# centre `c` of unit 0 follow the recursion of the dilation page, eqs. (2)-(3):
+# centre `c` of unit 0 follow the recursion of the dilation page, eqs. (2)-(3)
+# ([receptive field](../docs/strategies/dilation.md#receptive-field)):
 #
-# `R += (k - 1) d j;   c += ((k - 1) d / 2 - p) j;   j *= s`
+# $$R \mathrel{+}= (k - 1)\, d\, j, \qquad c \mathrel{+}= \Big(\frac{(k - 1)\, d}{2} - p\Big)\, j, \qquad j \mathrel{*}= s$$
+#
+# (`R += (k - 1) d j;   c += ((k - 1) d / 2 - p) j;   j *= s`)
 #
 # We read `(k, s, p, d)` off the layers themselves. The FPN adds two rules: the top-down sum
 # `t_i = lateral(C_i) + up(t_{i+1})` sees the union of both fields (the coarser one is
@@ -341,6 +345,9 @@ show(fig, "fpn_levels")
 # %% [markdown]
 # ## 3. Multi-kernel layers: Inception and ASPP
 #
+# ([Multi-kernel layers](../docs/strategies/multi_kernel.md) and [dilation and ASPP](../docs/strategies/dilation.md) derive
+# what they cost and their gradients.)
+#
 # An `InceptionBlock` runs four branches on the same map and concatenates them: a 1x1
 # convolution; 1x1 then 3x3; 1x1 then 5x5; and a 3x3 max pool then 1x1. We put it on C2
 # (stride 4), so each branch's receptive field on the image is C2's plus `(k - 1) * 4`.
@@ -419,7 +426,8 @@ show(fig, "aspp_taps")
 # 5 of 9 per axis, 25 of the 81 pixels, 31 % (the figure's title). That is more than one in
 # four, `1 / g^2` for the rates' common factor `g = 2`, which only deep stacks approach: with
 # rates summing to `T`, a stack sees at most `(2T / g + 1)^2` of its `(2T + 1)^2` pixels (the
-# dilation page, section "Gridding"). Rates (1, 2, 3) leave no hole (the rule on the
+# dilation page, section [Gridding](../docs/strategies/dilation.md#gridding-holes-in-a-stack-of-dilated-layers)).
+# Rates (1, 2, 3) leave no hole (the rule on the
 # dilation page: each rate at most `2 S + 1`, where `S` is the sum of the rates before it);
 # rates (1, 2, 9) break it (9 > 2 * 3 + 1) and miss the offsets 4 and 5 in each direction.
 # The pattern is again a backward pass: one-hot gradient at the output, then each layer's
@@ -455,7 +463,8 @@ show(fig, "gridding")
 # An anchor-based detector scores fixed reference boxes at every location of every level.
 # With an FPN, each level gets one size, here 4 times its stride (detectors on real images
 # use 8), with three aspect ratios `h / w` in (0.5, 1, 2): `A = 3` anchors per location,
-# torchvision's order and rounding.
+# torchvision's order and rounding ([multi-scale anchors](../docs/strategies/anchors.md); IoU, matching and
+# NMS: [detection basics](../docs/detection_basics.md)).
 
 # %%
 level_sizes = [tuple(p.shape[2:]) for p in outputs]
@@ -505,7 +514,7 @@ draw_objects(axis)
 show(fig, "best_anchors")
 
 # %% [markdown]
-# The coverage argument of the anchors page in action: an object between two anchor sizes,
+# The [coverage argument of the anchors page](../docs/strategies/anchors.md#what-it-buys-iou-coverage) in action: an object between two anchor sizes,
 # or off the anchors' shapes, gets a best IoU well below 1 (the 8-pixel disc is half the
 # smallest anchor: IoU about 1/4), whatever detector is trained on top. A matcher that
 # demands IoU >= 0.7 would give such objects no positive anchor at all.
@@ -579,7 +588,8 @@ report.raise_if_failed()
 #
 # Nearest upsampling copies input pixel `sigma(h) = floor(h * H / H')` to output row `h`. Its
 # backward must send every output's gradient back to the pixel it copied, **summing** over
-# the copies: `grad[sigma(h)] += gy[h]` (the FPN page, eq. (7)). A tempting shortcut for
+# the copies: `grad[sigma(h)] += gy[h]` (the FPN page, eq. (7):
+# [nearest upsampling](../docs/strategies/fpn.md#nearest-upsampling-the-backward-sums-over-the-copies)). A tempting shortcut for
 # "upsampling by 2" is to add up 2x2 blocks of `gy` (the reshape trick), padding `gy` with
 # zeros to an even size. It is right when the copies form 2x2 blocks: 4 -> 8, and also
 # 5 -> 9 (`sigma = 0, 0, 1, 1, 2, 2, 3, 3, 4`, the last block cut in half). It is wrong for
@@ -631,5 +641,9 @@ for in_size, out_size in [((4, 4), (8, 8)), ((5, 5), (9, 9)), ((3, 3), (7, 7))]:
 # `gradcheck` in float64 with inputs off the kinks (ties of a max, zeros of a ReLU), and read
 # the table.
 #
-# Next: `docs/strategies/` has a page per strategy (cost, benefit, gradients), and
-# `scratchvision/nn/fpn.py`, `multiscale.py` and `pooling.py` implement the layers used here.
+# Next: the docs have a page per strategy (cost, benefit, gradients):
+# [multi-scale input](../docs/strategies/multiscale_input.md), [feature pyramids](../docs/strategies/fpn.md),
+# [multi-kernel layers](../docs/strategies/multi_kernel.md), [anchors](../docs/strategies/anchors.md) and
+# [dilation](../docs/strategies/dilation.md); `scratchvision/nn/fpn.py`, `multiscale.py` and `pooling.py`
+# implement the layers used here. Then write the FPN's top-down backward yourself: the
+# exercise `fpn_top_down_backward` ([the exercises](exercises/README.md)).

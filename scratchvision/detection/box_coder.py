@@ -106,6 +106,7 @@ class BoxCoder:
                           proposals.shape[0], "number of boxes (dim 0)")
         reference_boxes, proposals = _checks.common_float(
             ("reference_boxes", reference_boxes), ("proposals", proposals))
+        # --8<-- [start:encode]
         wx, wy, ww, wh = np.asarray(self.weights, dtype=proposals.dtype)
         ex_widths, ex_heights, ex_ctr_x, ex_ctr_y = _sizes_and_centres(proposals)  # eq. (1)
         gt_widths, gt_heights, gt_ctr_x, gt_ctr_y = _sizes_and_centres(reference_boxes)
@@ -117,6 +118,7 @@ class BoxCoder:
                 wh * np.log(gt_heights / ex_heights),
             )
         return np.stack(targets, axis=1)  # four (K,) -> (K, 4)
+        # --8<-- [end:encode]
 
     def decode(self, rel_codes, boxes) -> np.ndarray:
         """Apply regression codes to reference boxes, eq. (3).
@@ -140,6 +142,7 @@ class BoxCoder:
                           "number of rows (dim 0)")
         boxes = boxes.astype(rel_codes.dtype, copy=False)
         widths, heights, ctr_x, ctr_y = _sizes_and_centres(boxes)  # eq. (1), each (K,)
+        # --8<-- [start:decode]
         wx, wy, ww, wh = self.weights
         # (K, 4C) -> (K, C) each: column 4c + i holds code i of class c
         dx = rel_codes[:, 0::4] / wx
@@ -158,6 +161,7 @@ class BoxCoder:
                    pred_ctr_x + half_w, pred_ctr_y + half_h)
         # four (K, C) -> (K, C, 4) -> (K, 4C): each class's (x1, y1, x2, y2) side by side
         return np.stack(corners, axis=2).reshape(rel_codes.shape)
+        # --8<-- [end:decode]
 
 
 class Matcher:
@@ -214,6 +218,7 @@ class Matcher:
         if np.isnan(quality).any():
             raise ValueError("match_quality_matrix must not contain nan (an IoU of 0 / 0 comes "
                              "from two zero-area boxes)")
+        # --8<-- [start:match]
         # eq. (4). NOTE: on ties between ground truths argmax takes the first (lowest g), as
         # torch.max(dim=0) does on the CPU
         best_quality = quality.max(axis=0)  # (P,)
@@ -226,6 +231,7 @@ class Matcher:
         matches[between] = self.BETWEEN_THRESHOLDS
         if self.allow_low_quality_matches:
             self._restore_low_quality_matches(matches, best_match, quality)
+        # --8<-- [end:match]
         return matches
 
     @staticmethod
@@ -238,7 +244,9 @@ class Matcher:
         which, when several ground truths compete for it, need not be the ground truth that
         selected it; this is torchvision's rule.
         """
+        # --8<-- [start:low_quality]
         best_per_gt = quality.max(axis=1)  # (G,)
         # (G, P) == (G, 1): every (gt, prediction) pair at its gt's maximum, ties included
         _, best_predictions = np.nonzero(quality == best_per_gt[:, None])
         matches[best_predictions] = best_match[best_predictions]
+        # --8<-- [end:low_quality]

@@ -43,10 +43,12 @@ def softmax(x, axis: int = -1) -> np.ndarray:
     x = _checks.float_array(x, "x")
     # NOTE: max is not differentiable where two entries tie, but the shift cancels in (1), so
     # the result (and its gradient) does not depend on which maximum is chosen.
+    # --8<-- [start:softmax]
     with np.errstate(invalid="ignore"):  # -inf - (-inf) in an all -inf slice: NaN, on purpose
         shifted = x - x.max(axis=axis, keepdims=True)
     e = np.exp(shifted)
     return e / e.sum(axis=axis, keepdims=True)
+    # --8<-- [end:softmax]
 
 
 def softmax_backward(grad_y, y, axis: int = -1) -> np.ndarray:
@@ -63,7 +65,9 @@ def softmax_backward(grad_y, y, axis: int = -1) -> np.ndarray:
     grad_y = _checks.float_array(grad_y, "grad_y")
     y = _checks.float_array(y, "y")
     _checks.shape_equals(grad_y, "grad_y", y.shape, "the shape of y, softmax's output")
+    # --8<-- [start:softmax_backward]
     return y * (grad_y - np.sum(grad_y * y, axis=axis, keepdims=True))
+    # --8<-- [end:softmax_backward]
 
 
 def _split_heads(x: np.ndarray, num_heads: int) -> np.ndarray:

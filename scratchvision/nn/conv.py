@@ -189,6 +189,7 @@ class DeformConv2d(_ConvBase):
         kh, kw = self.kernel_size
         return 2 * self.offset_groups * kh * kw
 
+    # --8<-- [start:split]
     def _split(self, predicted: np.ndarray):
         """conv_offset's output (N, 3GK or 2GK, Ho, Wo) -> (offset (N, 2GK, Ho, Wo),
         mask (N, GK, Ho, Wo) or None)."""
@@ -196,6 +197,7 @@ class DeformConv2d(_ConvBase):
         if not self.modulated:
             return offset, None
         return offset, _sigmoid(predicted[:, self._offset_channels:])
+    # --8<-- [end:split]
 
     def offset_and_mask(self, x):
         """The offsets (N, 2GK, Ho, Wo) and mask (N, GK, Ho, Wo), or None for DCNv1, that the
@@ -227,6 +229,7 @@ class DeformConv2d(_ConvBase):
         self.weight.accumulate(grads.grad_weight)
         if self.bias is not None:
             self.bias.accumulate(grads.grad_bias)
+        # --8<-- [start:mask_backward]
         if self.modulated:
             grad_logits = grads.grad_mask * mask * (1.0 - mask)  # sigmoid' = s (1 - s)
             # [(N, 2GK, Ho, Wo), (N, GK, Ho, Wo)] -> (N, 3GK, Ho, Wo), conv_offset's layout
@@ -235,3 +238,4 @@ class DeformConv2d(_ConvBase):
             grad_predicted = grads.grad_offset
         grad_x_through_offsets = self.conv_offset.backward(grad_predicted)
         return grads.grad_input + grad_x_through_offsets
+        # --8<-- [end:mask_backward]

@@ -121,8 +121,10 @@ class DeformableTransformer(Module):
             query_embed.shape[0], self.d_model)).astype(memory.dtype)
         tgt = np.broadcast_to(query_embed[:, self.d_model:], query_pos.shape).astype(
             memory.dtype)
+        # --8<-- [start:decoder_reference]
         reference = _sigmoid(self.reference_points(query_pos))  # (N, Q, 2)
         ref_per_level = np.repeat(reference[:, :, None], len(srcs), axis=2)  # (N, Q, L, 2)
+        # --8<-- [end:decoder_reference]
         hs, output = [], tgt
         for layer in self.decoder.layers:
             output = layer(output, query_pos, ref_per_level, memory, shapes, starts)
@@ -142,6 +144,7 @@ class DeformableTransformer(Module):
         g_query_pos = 0.0
         g_reference = np.array(grad_reference, dtype=reference.dtype, copy=True)
         g_memory = 0.0
+        # --8<-- [start:reference_backward]
         for layer, g_h in zip(reversed(self.decoder.layers), reversed(grad_hs)):
             if g_h is not None:
                 g_output = g_h if g_output is None else g_output + g_h
@@ -152,6 +155,7 @@ class DeformableTransformer(Module):
         # reference = sigmoid(z), dz = dref * ref (1 - ref); z = reference_points(query_pos)
         g_query_pos = g_query_pos + self.reference_points.backward(
             g_reference * reference * (1.0 - reference))
+        # --8<-- [end:reference_backward]
         grad_query_embed = np.concatenate([g_query_pos.sum(axis=0), g_output.sum(axis=0)],
                                           axis=1)  # (Q, C) and (Q, C) -> (Q, 2C)
         g_lvl_pos = 0.0

@@ -76,6 +76,7 @@ class LayerNorm(Module):
         """x (..., C) -> y (..., C); remembers xhat (..., C) and r (..., 1) for backward."""
         x = _checks.float_array(x, "x", min_ndim=1)
         _checks.last_dim(x, "x", self.normalized_shape, "(normalized_shape)")
+        # --8<-- [start:forward]
         mu = x.mean(axis=-1, keepdims=True)  # (1): (..., C) -> (..., 1)
         centred = x - mu
         var = np.mean(centred * centred, axis=-1, keepdims=True)  # (2): (..., 1)
@@ -85,6 +86,7 @@ class LayerNorm(Module):
         if not self.elementwise_affine:
             return xhat
         return xhat * self.weight.data + self.bias.data  # (5)
+        # --8<-- [end:forward]
 
     def backward(self, grad) -> np.ndarray:
         """grad (..., C), the gradient with respect to the most recent forward's output ->
@@ -93,6 +95,7 @@ class LayerNorm(Module):
         xhat, r = saved["xhat"], saved["r"]
         grad = _checks.float_array(grad, "grad")
         _checks.shape_equals(grad, "grad", xhat.shape, "the shape of forward's output")
+        # --8<-- [start:backward]
         if self.elementwise_affine:
             # (7): sum over every leading axis, (..., C) -> (C,)
             rows = grad.reshape(-1, self.normalized_shape)
@@ -104,3 +107,4 @@ class LayerNorm(Module):
         g_mean = g.mean(axis=-1, keepdims=True)  # (..., 1)
         g_xhat_mean = np.mean(g * xhat, axis=-1, keepdims=True)  # (..., 1)
         return r * (g - g_mean - xhat * g_xhat_mean)  # (6)
+        # --8<-- [end:backward]
