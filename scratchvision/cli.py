@@ -80,6 +80,8 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--clip-norm", type=float, default=None,
                        help="clip the gradient's norm (default: 0.1 for the DETR models, "
                             "off for the anchor detectors)")
+    train.add_argument("--backbone-from", default="",
+                       help="a run folder whose trained backbone to start from")
     train.add_argument("--eval-every", type=int, default=0,
                        help="evaluate on 100 held-out images every N steps (AP curve)")
     train.add_argument("--resume", action="store_true",
@@ -131,7 +133,7 @@ def _train(args) -> int:
                              lr=lr, seed=args.seed, backend=args.backend,
                              eval_images=args.eval_images,
                              checkpoint_every=args.checkpoint_every, clip_norm=clip,
-                             eval_every=args.eval_every)
+                             eval_every=args.eval_every, backbone_from=args.backbone_from)
     except (ValueError, TypeError) as exc:
         raise RunError(str(exc)) from None
     metrics = train(config, args.out, resume=args.resume, progress=not args.quiet)

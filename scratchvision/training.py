@@ -38,8 +38,9 @@ from .models import MODELS, build_model
 from .optim import Adam
 
 __all__ = ["TrainConfig", "RunError", "CheckpointError", "train", "load_run", "evaluate_model",
-           "held_out_set", "shapes_dataset", "detections_to_coco", "plot_losses", "read_image",
-           "draw_detections", "HELD_OUT_SEED", "PYRAMID_SCALES"]
+           "held_out_set", "shapes_dataset", "load_backbone", "detections_to_coco",
+           "plot_losses", "read_image", "draw_detections", "profile_step", "HELD_OUT_SEED",
+           "PYRAMID_SCALES"]
 
 #: the seed of the held-out images (no training stream uses it)
 HELD_OUT_SEED = 1_000_003
@@ -60,7 +61,8 @@ class TrainConfig:
     ``clip_norm``: when positive, the gradient of all parameters together is scaled down to
     this norm when it is longer (DETR trains with 0.1); ``eval_every``: when positive, the
     model is evaluated on the held-out images every that many steps (the AP-against-step
-    curve of ``metrics.json``).
+    curve of ``metrics.json``); ``backbone_from``: a run folder whose trained backbone
+    (``backbone.*``) the model starts from -- a pretrained backbone, as every DETR has.
     """
 
     model: str
@@ -76,6 +78,7 @@ class TrainConfig:
     decay_at: float = 0.8
     clip_norm: float = 0.0
     eval_every: int = 0
+    backbone_from: str = ""
     model_config: dict = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
@@ -175,6 +178,30 @@ def _read_checkpoint(directory: Path, model, optimizer=None):
     return int(arrays["step"]), arrays["history"], arrays["ap_history"]
 
 
+def load_backbone(model, directory) -> None:
+    """Copy the ``backbone.*`` parameters of the run in ``directory`` into ``model``'s;
+    :class:`CheckpointError` names the file and the key that is missing or of another
+    shape."""
+    path = Path(directory) / CHECKPOINT_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file (backbone_from must be a run folder)")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k[len("model."):]: data[k] for k in data.files
+                      if k.startswith("model.backbone.")}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise CheckpointError(f"{path}: not a readable .npz checkpoint ({exc})") from None
+    params = {n: p for n, p in model.named_parameters() if n.startswith("backbone.")}
+    for name, param in params.items():
+        if name not in arrays:
+            raise CheckpointError(f"{path}: missing key 'model.{name}'")
+        if arrays[name].shape != param.shape:
+            raise CheckpointError(f"{path}: 'model.{name}' has shape {arrays[name].shape}, "
+                                  f"the model's is {param.shape}")
+    for name, param in params.items():
+        np.copyto(param.data, arrays[name])
+
+
 def load_run(directory):
     """The trained model of a run folder and its :class:`TrainConfig`; raises
     :class:`CheckpointError` naming the file and the key when something is missing or
@@ -204,6 +231,8 @@ def train(config: TrainConfig, directory, resume: bool = False, progress: bool =
 
     directory = Path(directory)
     model = build_model(config.model, **_model_kwargs(config))
+    if config.backbone_from:
+        load_backbone(model, config.backbone_from)
     optimizer = Adam(model.parameters(), lr=config.lr)
     history = np.zeros((config.steps, len(HISTORY_COLUMNS)))
     ap_history = np.zeros((0, 3))  # rows (step, AP, AP50)
@@ -397,3 +426,87 @@ def draw_detections(image: np.ndarray, detections: dict, path, class_names,
     atomic_write(path, lambda f: fig.savefig(f, format="png"), binary=True)
     plt.close(fig)
     return drawn
+
+
+# ----------------------------------------------------------------------------- profiling
+
+def profile_step(model, images, targets, optimizer=None, repeats: int = 3) -> list[dict]:
+    """Where one training step's time goes: the median over ``repeats`` steps of the time
+    spent in each layer's forward and backward (the model's modules that call an op or a
+    product: convolutions, linear layers, attention, norms), in the loss, and in the
+    optimizer. Returns rows ``{"part", "forward_ms", "backward_ms"}``, the layers largest
+    first, then the rest of the step, the loss (in the forward column: it is computed with
+    its gradient), Adam (in the backward column: the update after it) and the whole step;
+    each column of the rows above the last adds up to the last.
+
+    It times every module of those kinds by wrapping its ``forward`` and ``backward`` on the
+    instance for the duration of the call (nothing is left patched); a module used several
+    times per step (a head shared across levels) adds up.
+    """
+    from .nn import (MLP, Conv2d, DeformConv2d, GroupNorm, LayerNorm, Linear, MSDeformAttn,
+                     MultiheadAttention, ReLU)
+
+    kinds = (Conv2d, DeformConv2d, Linear, MultiheadAttention, MSDeformAttn, LayerNorm,
+             GroupNorm, ReLU, MLP)
+    # the outermost module of each kind: time a DeformConv2d, not also its offset conv
+    timed, inside = {}, set()
+    for name, module in model.named_modules():
+        if isinstance(module, kinds) and not any(name.startswith(p + ".") for p in inside):
+            timed[name] = module
+            inside.add(name)
+    totals = {name: [0.0, 0.0] for name in timed}
+    originals = []
+
+    def wrap(name, module, attr, slot):
+        original = getattr(module, attr)
+
+        def timed_call(*args, **kwargs):
+            start = time.perf_counter()
+            result = original(*args, **kwargs)
+            totals[name][slot] += time.perf_counter() - start
+            return result
+        object.__setattr__(module, attr, timed_call)
+        originals.append((module, attr))
+
+    for name, module in timed.items():
+        wrap(name, module, "forward", 0)
+        wrap(name, module, "backward", 1)
+    optimizer = optimizer or Adam(model.parameters(), lr=0.0)
+    samples = []
+    try:
+        for _ in range(repeats + 1):  # the first step compiles and allocates: not counted
+            for value in totals.values():
+                value[0] = value[1] = 0.0
+            t0 = time.perf_counter()
+            outputs = model(images)
+            t1 = time.perf_counter()
+            _, grads = model.loss(outputs, targets)
+            t2 = time.perf_counter()
+            model.zero_grad()
+            model.backward(grads)
+            t3 = time.perf_counter()
+            optimizer.step()
+            t4 = time.perf_counter()
+            samples.append(({n: tuple(v) for n, v in totals.items()},
+                            (t1 - t0, t2 - t1, t3 - t2, t4 - t3)))
+    finally:
+        for module, attr in originals:
+            object.__delattr__(module, attr)  # back to the class's method
+    samples = samples[1:]
+    rows = []
+    for name in timed:
+        rows.append({"part": name, "forward_ms": 1e3 * np.median([s[0][name][0]
+                                                                   for s in samples]),
+                     "backward_ms": 1e3 * np.median([s[0][name][1] for s in samples])})
+    rows.sort(key=lambda r: -(r["forward_ms"] + r["backward_ms"]))
+    step = np.median([s[1] for s in samples], axis=0) * 1e3
+    layer_forward = sum(r["forward_ms"] for r in rows)
+    layer_backward = sum(r["backward_ms"] for r in rows)
+    rows += [{"part": "everything else (reshapes, heads' glue, Python)",
+              "forward_ms": step[0] - layer_forward, "backward_ms": step[2] - layer_backward},
+             {"part": "loss (matching and the losses' backward)", "forward_ms": step[1],
+              "backward_ms": 0.0},
+             {"part": "optimizer (Adam)", "forward_ms": 0.0, "backward_ms": step[3]},
+             {"part": "whole step", "forward_ms": step[0] + step[1],
+              "backward_ms": step[2] + step[3]}]
+    return rows

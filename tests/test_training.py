@@ -155,3 +155,46 @@ def test_clip_gradient_norm_scales_all_gradients_together():
     np.testing.assert_allclose(np.concatenate([a.grad, b.grad]), [0.6, 0.0, 0.8], rtol=1e-6)
     assert clip_gradient_norm([a, b], 10.0) == pytest.approx(1.0, rel=1e-6)  # no change
     np.testing.assert_allclose(np.concatenate([a.grad, b.grad]), [0.6, 0.0, 0.8], rtol=1e-6)
+
+
+def test_backbone_from_copies_only_the_backbone_and_names_a_bad_key(tmp_path):
+    from scratchvision.models import build_model
+    from scratchvision.training import load_backbone
+
+    train(_config(steps=2), tmp_path / "a", progress=False)
+    trained = _checkpoint(tmp_path / "a")
+    model = build_model("fpn", rng=7, **TINY_MODEL)
+    untouched = {n: p.data.copy() for n, p in model.named_parameters()}
+    load_backbone(model, tmp_path / "a")
+    for name, param in model.named_parameters():
+        if name.startswith("backbone."):
+            np.testing.assert_array_equal(param.data, trained["model." + name], err_msg=name)
+        else:
+            np.testing.assert_array_equal(param.data, untouched[name], err_msg=name)
+    # a run whose backbone has other widths: the file and the key are named
+    wider = build_model("fpn", rng=0, **dict(TINY_MODEL, widths=(2, 3, 4, 4, 8)))
+    with pytest.raises(CheckpointError, match=r"checkpoint\.npz: 'model\.backbone\..*shape"):
+        load_backbone(wider, tmp_path / "a")
+    with pytest.raises(CheckpointError, match="no such file"):
+        load_backbone(model, tmp_path / "missing")
+
+
+def test_profile_step_accounts_for_the_whole_step_and_leaves_nothing_patched():
+    from scratchvision.models import build_model
+    from scratchvision.training import profile_step, shapes_dataset
+
+    dataset = shapes_dataset(_config(), 2, seed=0)
+    images = np.stack([dataset[i][0] for i in range(2)])
+    targets = [dataset[i][1] for i in range(2)]
+    model = build_model("fpn", rng=0, **TINY_MODEL)
+    rows = profile_step(model, images, targets, repeats=2)
+    parts = {row["part"]: row for row in rows}
+    assert any(p.startswith("backbone.") for p in parts)
+    layers = [r for r in rows if r["part"] not in ("whole step",)]
+    whole = parts["whole step"]
+    # the layer rows, the remainder row, the loss and Adam add up to the whole step
+    assert np.isclose(sum(r["forward_ms"] for r in layers), whole["forward_ms"])
+    assert np.isclose(sum(r["backward_ms"] for r in layers), whole["backward_ms"])
+    assert all(r["forward_ms"] >= 0 and r["backward_ms"] >= 0
+               for r in rows if not r["part"].startswith("everything else"))
+    assert not any("forward" in vars(m) or "backward" in vars(m) for m in model.modules())

@@ -37,4 +37,4 @@ def build_model(name: str, **config):
 
 __all__ = ["AnchorDetector", "TinyBackbone", "RetinaHead", "LossParts", "DeformableDETR",
            "DETR", "SetLossParts", "HungarianMatcher", "SetCriterion", "SetLoss",
-           "box_cxcywh_to_xyxy_backward", "MODELS", "build_model"]
+           "box_cxcywh_to_xyxy_backward", "ANCHOR_MODELS", "MODELS", "build_model"]

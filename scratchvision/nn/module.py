@@ -140,6 +140,13 @@ class Module:
         for child in self._modules.values():
             yield from child.modules()
 
+    def named_modules(self, prefix: str = "") -> Iterator[tuple[str, Module]]:
+        """``(name, Module)`` pairs for this module (named ``prefix``, ``""`` at the top) and
+        every submodule, depth first, with torch's dotted names."""
+        yield prefix, self
+        for child_name, child in self._modules.items():
+            yield from child.named_modules(f"{prefix}.{child_name}" if prefix else child_name)
+
     def named_parameters(self, prefix: str = "") -> Iterator[tuple[str, Parameter]]:
         """``(name, Parameter)`` pairs: this module's own, in registration order, then each
         submodule's under ``"<submodule>.<name>"``, recursively (torch's order and names)."""

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from scratchvision import gradcheck
-from scratchvision.models import MODELS, AnchorDetector, RetinaHead, build_model
+from scratchvision.models import ANCHOR_MODELS, AnchorDetector, RetinaHead, build_model
 from scratchvision.models.anchor_detector import _flatten, _unflatten
 
 TINY = dict(channels=3, num_convs=1, widths=(2, 3, 3, 4, 4), dtype=np.float64)
@@ -157,7 +157,7 @@ def test_predict_returns_torchvision_style_detections_inside_the_image():
         assert np.all(p["boxes"] >= 0) and np.all(p["boxes"] <= 32)
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", ANCHOR_MODELS)
 def test_float32_training_step_reduces_the_loss(name):
     """A few Adam steps on one batch bring its loss down (the float32 path end to end)."""
     from scratchvision.optim import Adam
