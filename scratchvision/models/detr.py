@@ -233,6 +233,43 @@ class DeformableDETR(_SetDetector):
                .astype(m.dtype) for m in srcs]
         return self.transformer(srcs, pos, self.query_embed.weight.data)
 
+    def sampling_points(self, images) -> list[dict]:
+        """Where each decoder layer's queries look, for drawing: runs the model on ``images``
+        (N, 3, H, W) and returns one dict per decoder layer with ``reference`` (N, Q, 2), the
+        queries' reference points, ``locations`` (N, Q, M, L, P, 2), the cross-attention's
+        sampling points, and ``weights`` (N, Q, M, L, P), their attention weights, all
+        normalised ``(x, y)`` in [0, 1] of the image; plus the model's ``outputs``.
+
+        Each cross-attention is asked for its points with the query it receives
+        (:meth:`~scratchvision.nn.MSDeformAttn.sampling_locations_and_weights`); its forward is
+        wrapped on the instance for this call only. Nothing a backward needs is disturbed, but
+        a backward after this call refers to this call's images.
+        """
+        found = []
+        attentions = [layer.cross_attn for layer in self.transformer.decoder.layers]
+
+        def looking(attention):
+            original = attention.forward
+
+            def forward(query, reference_points, input_flatten, spatial_shapes, *rest):
+                locations, weights = attention.sampling_locations_and_weights(
+                    query, reference_points, spatial_shapes)
+                found.append({"reference": reference_points[:, :, 0].copy(),
+                              "locations": locations, "weights": weights})
+                return original(query, reference_points, input_flatten, spatial_shapes, *rest)
+            return forward
+
+        for attention in attentions:
+            object.__setattr__(attention, "forward", looking(attention))
+        try:
+            outputs = self.forward(images)
+        finally:
+            for attention in attentions:
+                object.__delattr__(attention, "forward")  # back to the class's method
+        for layer in found:
+            layer["outputs"] = outputs
+        return found
+
     def _decode_backward(self, grad_hs, grad_reference):
         grad_srcs, grad_query = self.transformer.backward(grad_hs, grad_reference)
         self.query_embed.weight.accumulate(grad_query)

@@ -120,3 +120,21 @@ def test_a_training_step_in_float32_lowers_the_loss():
             optimizer.step()
         # a smoke test of float32 training (the gradients are proved above): 10% in 10 steps
         assert losses[-1] < 0.9 * losses[0], (cls.__name__, losses)
+
+
+def test_sampling_points_of_every_decoder_layer_and_nothing_left_wrapped():
+    model = DeformableDETR(**TINY, rng=3)
+    images = np.random.default_rng(0).random((2, 3, 64, 64)).astype(np.float32)
+    layers = model.sampling_points(images)
+    assert len(layers) == len(model.transformer.decoder.layers)
+    attn = model.transformer.decoder.layers[0].cross_attn
+    n_q, m, lv, p = model.num_queries, attn.n_heads, attn.n_levels, attn.n_points
+    for layer in layers:
+        assert layer["reference"].shape == (2, n_q, 2)
+        assert layer["locations"].shape == (2, n_q, m, lv, p, 2)
+        np.testing.assert_allclose(layer["weights"].sum(axis=(3, 4)), 1.0, rtol=1e-5)
+    # the decoder's reference points are sigmoid(Linear(query_pos)), the same for every layer
+    np.testing.assert_array_equal(layers[0]["reference"], layers[-1]["reference"])
+    assert not any("forward" in vars(a) for a in model.modules())
+    np.testing.assert_array_equal(layers[0]["outputs"]["pred_boxes"],
+                                  model(images)["pred_boxes"])
