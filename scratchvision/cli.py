@@ -4,10 +4,11 @@
     verify every operator, and the multi-scale layers (`layers`), on every available tier
     (see :mod:`scratchvision.selfcheck`);
     exits non-zero when anything fails.
-``scratchvision bench [op] [--json] [--quick] [--runs K] [--device-resident]``
+``scratchvision bench [op] [--json] [--quick] [--runs K] [--device-resident] [--limits]``
     time the fast tiers against the torch / torchvision references
     (see :mod:`scratchvision.benchmark`); ``--device-resident`` times the cuda tier on arrays
-    already on the GPU with CUDA events, beside torch on the same GPU (needs a real GPU).
+    already on the GPU with CUDA events, beside torch on the same GPU (needs a real GPU); ``--limits``
+    measures the machine's memory bandwidth and matrix-product rate instead.
 ``scratchvision train --model NAME --steps N --out DIR [--seed S] [--backend B] [--resume]``
     train a detector on the shapes data, checkpointing atomically, then evaluate it
     (see :mod:`scratchvision.training`).
@@ -26,7 +27,7 @@ one line naming the file and the key, with exit status 2 -- never a traceback.
 from __future__ import annotations
 
 import argparse
-
+import json
 import sys
 
 from ._dispatch import BACKENDS, TIERS
@@ -58,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--runs", type=int, default=1,
                        help="time everything this many times and report the median and range "
                             "over the runs (default: 1)")
+    bench.add_argument("--limits", action="store_true",
+                       help="measure this machine's memory bandwidth and float32 matrix-product "
+                            "rate (the bounds each benchmark is read against) and time nothing "
+                            "else")
     bench.add_argument("--device-resident", action="store_true",
                        help="time the cuda tier on arrays already on the GPU (CUDA events), "
                             "beside torch on the same GPU and the NumPy path with its copies; "
@@ -120,8 +125,6 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args) -> int:
-    import json
-
     from .models import DETR_MODELS
     from .training import RunError, TrainConfig, train
 
@@ -192,4 +195,12 @@ def main(argv=None) -> int:
 
     if args.runs < 1:
         raise SystemExit(f"--runs must be positive, got {args.runs}")
+    if args.limits:
+        from .verify.machine import machine_limits
+
+        limits = machine_limits()
+        print(json.dumps(limits) if args.json else
+              f"memory bandwidth (triad): {limits['bandwidth_gb_s']:.1f} GB/s; float32 matrix "
+              f"products (2048³, NumPy's BLAS): {limits['sgemm_gflop_s']:.0f} GFLOP/s")
+        return 0
     return benchmark.main(args.op, args.json, args.quick, args.runs, args.device_resident)

@@ -39,7 +39,7 @@ from .optim import Adam
 
 __all__ = ["TrainConfig", "RunError", "CheckpointError", "train", "load_run", "evaluate_model",
            "held_out_set", "shapes_dataset", "load_backbone", "detections_to_coco",
-           "plot_losses", "read_image", "draw_detections", "profile_step", "HELD_OUT_SEED",
+           "plot_losses", "plot_ap_curves", "read_image", "draw_detections", "profile_step", "HELD_OUT_SEED",
            "PYRAMID_SCALES"]
 
 #: the seed of the held-out images (no training stream uses it)
@@ -354,6 +354,24 @@ def evaluate_model(model, config: TrainConfig, tta: bool = False, count: int | N
 
 
 # ----------------------------------------------------------------------------- figures
+
+def plot_ap_curves(curves: dict):
+    """A figure of held-out AP (dashed) and AP50 (solid) against training minutes, one colour
+    per run. ``curves``: ``{name: (seconds_per_step, rows)}``, rows ``(step, AP, AP50)`` as in
+    the ``ap_against_step`` of ``metrics.json``. Returns the matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 3.8))
+    for name, (seconds_per_step, rows) in curves.items():
+        rows = np.asarray(rows, dtype=np.float64).reshape(-1, 3)
+        minutes = rows[:, 0] * seconds_per_step / 60
+        line, = ax.plot(minutes, rows[:, 2], "o-", label=f"{name} AP50")
+        ax.plot(minutes, rows[:, 1], "o--", color=line.get_color(), label=f"{name} AP")
+    ax.set_xlabel("minutes of the run (wall clock, its periodic evaluations included)")
+    ax.set_ylabel("held-out AP")
+    ax.legend(fontsize=8)
+    return fig
+
 
 def plot_losses(history: np.ndarray, path, title: str) -> None:
     """The loss parts against the step (a running mean over 20 steps), saved atomically."""

@@ -111,3 +111,18 @@ def test_bench_quick_prints_a_row_per_tier(capsys):
         assert name in text
     timed = [r for r in rows if isinstance(r, dict) and r.get("fwd_ms") is not None]
     assert timed and all(np.isfinite(r["fwd_ms"]) and r["fwd_ms"] > 0 for r in timed)
+
+
+def test_bench_limits_measures_bandwidth_and_product_rate(capsys, monkeypatch):
+    from scratchvision.verify import machine
+
+    limits = machine.machine_limits(repeats=1, elements=2 ** 16, n=64)
+    assert set(limits) == {"bandwidth_gb_s", "sgemm_gflop_s"}
+    assert all(np.isfinite(v) and v > 0 for v in limits.values())
+    # the command prints what the measurement returns (small arrays here: a smoke test)
+    monkeypatch.setattr(machine, "machine_limits",
+                        lambda: {"bandwidth_gb_s": 12.5, "sgemm_gflop_s": 150.0})
+    assert cli.main(["bench", "--limits"]) == 0
+    assert "12.5 GB/s" in capsys.readouterr().out
+    assert cli.main(["bench", "--limits", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out) == {"bandwidth_gb_s": 12.5, "sgemm_gflop_s": 150.0}

@@ -30,7 +30,8 @@ import numpy as np
 from ..nn import MSDeformAttn, MultiheadAttention
 from ..nn.deformable_encoder import encoder_reference_points
 
-__all__ = ["AttentionCost", "attention_cost", "pyramid_shapes", "available_memory"]
+__all__ = ["AttentionCost", "attention_cost", "plot_attention_cost", "pyramid_shapes",
+           "available_memory"]
 
 #: the map sides of the measurement (the finest level of a 4-level pyramid)
 SIDES = (25, 50, 100, 200)
@@ -151,3 +152,38 @@ def attention_cost(sides=SIDES, d_model: int = 256, n_heads: int = 8, n_levels: 
                                   4 * queries * n_heads * n_levels * n_points, peak,
                                   _median_ms(run_deformable, repeats), True))
     return rows
+
+
+def plot_attention_cost(rows: list[AttentionCost], memory_line: int | None = None):
+    """A figure of :func:`attention_cost`'s rows: forward time (left) and peak memory (right)
+    against the map, log-log, dense and deformable; a dense layer that was not run is drawn
+    hollow at its predicted memory. ``memory_line``: bytes to mark (the machine's memory).
+    Returns the matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    fig, (ax_time, ax_memory) = plt.subplots(1, 2, figsize=(11, 3.8))
+    for kind, marker in (("dense", "o"), ("deformable", "s")):
+        mine = [r for r in rows if r.kind == kind]
+        run = [r for r in mine if r.fits]
+        ax_time.plot([r.side for r in run], [r.forward_ms for r in run], marker + "-",
+                     label=kind)
+        line, = ax_memory.plot([r.side for r in run], [r.peak_bytes / 1e6 for r in run],
+                               marker + "-", label=kind)
+        skipped = [r for r in mine if not r.fits]
+        if skipped:
+            ax_memory.plot([r.side for r in skipped], [r.peak_bytes / 1e6 for r in skipped],
+                           marker, mfc="none", color=line.get_color(),
+                           label=f"{kind}, predicted (not run)")
+    if memory_line:
+        ax_memory.axhline(memory_line / 1e6, color="grey", ls="--", label="the machine's memory")
+    sides = sorted({r.side for r in rows})
+    ax_time.set_ylabel("forward ms")
+    ax_memory.set_ylabel("peak MB allocated by the forward")
+    for ax in (ax_time, ax_memory):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(sides, [f"{s}²" for s in sides])
+        ax.minorticks_off()
+        ax.set_xlabel("map side")
+        ax.legend(fontsize=8)
+    return fig
