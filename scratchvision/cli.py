@@ -7,8 +7,8 @@
 ``scratchvision bench [op] [--json] [--quick] [--runs K] [--device-resident] [--limits]``
     time the fast tiers against the torch / torchvision references
     (see :mod:`scratchvision.benchmark`); ``--device-resident`` times the cuda tier on arrays
-    already on the GPU with CUDA events, beside torch on the same GPU (needs a real GPU); ``--limits``
-    measures the machine's memory bandwidth and matrix-product rate instead.
+    already on the GPU with CUDA events, beside torch on the same GPU (needs a real GPU);
+    ``--limits`` measures the machine's memory bandwidth and matrix-product rate instead.
 ``scratchvision train --model NAME --steps N --out DIR [--seed S] [--backend B] [--resume]``
     train a detector on the shapes data, checkpointing atomically, then evaluate it
     (see :mod:`scratchvision.training`).

@@ -39,8 +39,8 @@ from .optim import Adam
 
 __all__ = ["TrainConfig", "RunError", "CheckpointError", "train", "load_run", "evaluate_model",
            "held_out_set", "shapes_dataset", "load_backbone", "detections_to_coco",
-           "plot_losses", "plot_ap_curves", "read_image", "draw_detections", "profile_step", "HELD_OUT_SEED",
-           "PYRAMID_SCALES"]
+           "plot_losses", "plot_ap_curves", "read_image", "draw_detections", "profile_step",
+           "HELD_OUT_SEED", "PYRAMID_SCALES"]
 
 #: the seed of the held-out images (no training stream uses it)
 HELD_OUT_SEED = 1_000_003

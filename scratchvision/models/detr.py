@@ -195,9 +195,10 @@ class DeformableDETR(_SetDetector):
     """Deformable DETR on the tiny backbone (module docstring).
 
     Args:
-        num_classes: K. num_queries: Q. d_model: C (divisible by ``gn_groups``). nhead, enc_layers, dec_layers, dim_feedforward, n_points: the
-            transformer's (:class:`~scratchvision.nn.DeformableTransformer`). dropout: the
-            decoder's. gn_groups: the GroupNorms' groups (32 in the reference).
+        num_classes: K. num_queries: Q. d_model: C (divisible by ``gn_groups``). nhead,
+            enc_layers, dec_layers, dim_feedforward, n_points: the transformer's
+            (:class:`~scratchvision.nn.DeformableTransformer`). dropout: the decoder's.
+            gn_groups: the GroupNorms' groups (32 in the reference).
         widths, rng, dtype, backend: the backbone's channels, initial values, dtype, tier.
     """
 
