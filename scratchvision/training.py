@@ -153,53 +153,50 @@ def _read_config(directory: Path) -> TrainConfig:
         raise CheckpointError(f"{path}: {exc}") from None
 
 
+def _read_npz(path: Path, absent: str) -> dict:
+    """Every array of the ``.npz`` file ``path``; :class:`CheckpointError` naming the file
+    when it is absent (``absent``: why it should be there) or unreadable."""
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such file ({absent})")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            return {k: data[k] for k in data.files}
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+        raise CheckpointError(f"{path}: not a readable .npz checkpoint ({exc})") from None
+
+
+def _with_prefix(arrays: dict, prefix: str) -> dict:
+    """The entries of ``arrays`` whose key starts with ``prefix``, without it."""
+    return {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+
+
 def _read_checkpoint(directory: Path, model, optimizer=None):
     """Load ``checkpoint.npz`` into ``model`` (and ``optimizer``); return (step, history,
     ap_history)."""
     path = directory / CHECKPOINT_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file (the run has not saved a checkpoint)")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise CheckpointError(f"{path}: not a readable .npz checkpoint ({exc})") from None
+    arrays = _read_npz(path, "the run has not saved a checkpoint")
     for key in ("step", "history", "ap_history"):
         if key not in arrays:
             raise CheckpointError(f"{path}: missing key {key!r}")
     try:
-        model.load_state_dict({k[len("model."):]: v for k, v in arrays.items()
-                               if k.startswith("model.")})
+        model.load_state_dict(_with_prefix(arrays, "model."))
         if optimizer is not None:
-            optimizer.load_state_dict({k[len("optimizer."):]: v for k, v in arrays.items()
-                                       if k.startswith("optimizer.")})
+            optimizer.load_state_dict(_with_prefix(arrays, "optimizer."))
     except (KeyError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     return int(arrays["step"]), arrays["history"], arrays["ap_history"]
 
 
 def load_backbone(model, directory) -> None:
-    """Copy the ``backbone.*`` parameters of the run in ``directory`` into ``model``'s;
-    :class:`CheckpointError` names the file and the key that is missing or of another
-    shape."""
+    """Copy the ``backbone.*`` parameters of the run in ``directory`` into ``model``'s
+    (``model.backbone.load_state_dict``: all or nothing); :class:`CheckpointError` names the
+    file and the key that is missing or of another shape."""
     path = Path(directory) / CHECKPOINT_FILE
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such file (backbone_from must be a run folder)")
+    arrays = _read_npz(path, "backbone_from must be a run folder")
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k[len("model."):]: data[k] for k in data.files
-                      if k.startswith("model.backbone.")}
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
-        raise CheckpointError(f"{path}: not a readable .npz checkpoint ({exc})") from None
-    params = {n: p for n, p in model.named_parameters() if n.startswith("backbone.")}
-    for name, param in params.items():
-        if name not in arrays:
-            raise CheckpointError(f"{path}: missing key 'model.{name}'")
-        if arrays[name].shape != param.shape:
-            raise CheckpointError(f"{path}: 'model.{name}' has shape {arrays[name].shape}, "
-                                  f"the model's is {param.shape}")
-    for name, param in params.items():
-        np.copyto(param.data, arrays[name])
+        model.backbone.load_state_dict(_with_prefix(arrays, "model.backbone."))
+    except (KeyError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: in 'model.backbone.*': {exc}") from None
 
 
 def load_run(directory):
@@ -462,7 +459,7 @@ def profile_step(model, images, targets, optimizer=None, repeats: int = 3) -> li
     times per step (a head shared across levels) adds up.
     """
     from .nn import (MLP, Conv2d, DeformConv2d, GroupNorm, LayerNorm, Linear, MSDeformAttn,
-                     MultiheadAttention, ReLU)
+                     MultiheadAttention, ReLU, wrapped_methods)
 
     kinds = (Conv2d, DeformConv2d, Linear, MultiheadAttention, MSDeformAttn, LayerNorm,
              GroupNorm, ReLU, MLP)
@@ -473,25 +470,22 @@ def profile_step(model, images, targets, optimizer=None, repeats: int = 3) -> li
             timed[name] = module
             inside.add(name)
     totals = {name: [0.0, 0.0] for name in timed}
-    originals = []
 
-    def wrap(name, module, attr, slot):
-        original = getattr(module, attr)
+    def timing(name, slot):
+        def wrap(original):
+            def timed_call(*args, **kwargs):
+                start = time.perf_counter()
+                result = original(*args, **kwargs)
+                totals[name][slot] += time.perf_counter() - start
+                return result
+            return timed_call
+        return wrap
 
-        def timed_call(*args, **kwargs):
-            start = time.perf_counter()
-            result = original(*args, **kwargs)
-            totals[name][slot] += time.perf_counter() - start
-            return result
-        object.__setattr__(module, attr, timed_call)
-        originals.append((module, attr))
-
-    for name, module in timed.items():
-        wrap(name, module, "forward", 0)
-        wrap(name, module, "backward", 1)
+    wraps = [(module, attr, timing(name, slot)) for name, module in timed.items()
+             for slot, attr in enumerate(("forward", "backward"))]
     optimizer = optimizer or Adam(model.parameters(), lr=0.0)
     samples = []
-    try:
+    with wrapped_methods(wraps):
         for _ in range(repeats + 1):  # the first step compiles and allocates: not counted
             for value in totals.values():
                 value[0] = value[1] = 0.0
@@ -507,9 +501,6 @@ def profile_step(model, images, targets, optimizer=None, repeats: int = 3) -> li
             t4 = time.perf_counter()
             samples.append(({n: tuple(v) for n, v in totals.items()},
                             (t1 - t0, t2 - t1, t3 - t2, t4 - t3)))
-    finally:
-        for module, attr in originals:
-            object.__delattr__(module, attr)  # back to the class's method
     samples = samples[1:]
     rows = []
     for name in timed:

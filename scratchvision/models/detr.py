@@ -40,7 +40,7 @@ from .. import _checks
 from ..detection import box_convert
 from ..nn import (MLP, Conv2d, DeformableTransformer, GroupNorm, Linear, Module, ModuleList,
                   Parameter, PositionEmbeddingSine, Sequential, TransformerDecoderLayer,
-                  TransformerEncoderLayer)
+                  TransformerEncoderLayer, wrapped_methods)
 from .backbone import DEFAULT_WIDTHS, TinyBackbone
 from .set_criterion import HungarianMatcher, SetCriterion
 
@@ -247,26 +247,22 @@ class DeformableDETR(_SetDetector):
         a backward after this call refers to this call's images.
         """
         found = []
-        attentions = [layer.cross_attn for layer in self.transformer.decoder.layers]
 
         def looking(attention):
-            original = attention.forward
+            def wrap(original):
+                def forward(query, reference_points, input_flatten, spatial_shapes, *rest):
+                    locations, weights = attention.sampling_locations_and_weights(
+                        query, reference_points, spatial_shapes)
+                    found.append({"reference": reference_points[:, :, 0].copy(),
+                                  "locations": locations, "weights": weights})
+                    return original(query, reference_points, input_flatten, spatial_shapes,
+                                    *rest)
+                return forward
+            return wrap
 
-            def forward(query, reference_points, input_flatten, spatial_shapes, *rest):
-                locations, weights = attention.sampling_locations_and_weights(
-                    query, reference_points, spatial_shapes)
-                found.append({"reference": reference_points[:, :, 0].copy(),
-                              "locations": locations, "weights": weights})
-                return original(query, reference_points, input_flatten, spatial_shapes, *rest)
-            return forward
-
-        for attention in attentions:
-            object.__setattr__(attention, "forward", looking(attention))
-        try:
+        with wrapped_methods([(layer.cross_attn, "forward", looking(layer.cross_attn))
+                              for layer in self.transformer.decoder.layers]):
             outputs = self.forward(images)
-        finally:
-            for attention in attentions:
-                object.__delattr__(attention, "forward")  # back to the class's method
         for layer in found:
             layer["outputs"] = outputs
         return found

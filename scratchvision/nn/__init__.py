@@ -33,7 +33,7 @@ from .fpn import FeaturePyramidNetwork, LastLevelMaxPool
 from .group_norm import GroupNorm
 from .linear import Linear
 from .mlp import MLP
-from .module import Module, ModuleList, Parameter, Sequential
+from .module import Module, ModuleList, Parameter, Sequential, wrapped_methods
 from .multiscale import ASPP, InceptionBlock
 from .norm import LayerNorm
 from .pooling import GlobalAvgPool2d, MaxPool2d

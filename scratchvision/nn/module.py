@@ -29,6 +29,7 @@ and ``named_parameters()`` lists them in registration order with dotted names of
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable, Iterator
 
 import numpy as np
@@ -36,7 +37,7 @@ import numpy as np
 from .. import _checks
 from .._dispatch import BACKENDS
 
-__all__ = ["Parameter", "Module", "Sequential", "ModuleList"]
+__all__ = ["Parameter", "Module", "Sequential", "ModuleList", "wrapped_methods"]
 
 
 class Parameter:
@@ -309,3 +310,21 @@ class Sequential(ModuleList):
         for module in reversed(list(self)):
             grad = module.backward(grad)
         return grad
+
+
+@contextlib.contextmanager
+def wrapped_methods(wraps):
+    """Inside the ``with`` block, ``module.<attr>`` is ``wrap(original)`` for every
+    ``(module, attr, wrap)`` of ``wraps``: set on that instance only (other instances of the
+    class are untouched), and removed on exit, error or not, so each instance falls back to
+    its class's method. For probes that time or watch layers (``profile_step``,
+    ``DeformableDETR.sampling_points``) without changing them."""
+    done = []
+    try:
+        for module, attr, wrap in wraps:
+            object.__setattr__(module, attr, wrap(getattr(module, attr)))
+            done.append((module, attr))
+        yield
+    finally:
+        for module, attr in done:
+            object.__delattr__(module, attr)

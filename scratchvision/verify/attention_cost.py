@@ -22,13 +22,14 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import time
 import tracemalloc
 
 import numpy as np
 
 from ..nn import MSDeformAttn, MultiheadAttention
 from ..nn.deformable_encoder import encoder_reference_points
+from ..ops.ms_deform_attn import level_start_index_of
+from .machine import median_seconds
 
 __all__ = ["AttentionCost", "attention_cost", "plot_attention_cost", "pyramid_shapes",
            "available_memory"]
@@ -81,17 +82,9 @@ def available_memory() -> int:
     return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
 
 
-def _median_ms(call, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        call()
-        times.append(time.perf_counter() - start)
-    return 1e3 * float(np.median(times))
-
-
 def _peak_bytes(call) -> int:
     call()  # compile first: numba's and numpy's one-off allocations are not the layer's
+    # (this call is also the warm-up of the timing that follows)
     tracemalloc.start()
     try:
         call()
@@ -126,7 +119,7 @@ def attention_cost(sides=SIDES, d_model: int = 256, n_heads: int = 8, n_levels: 
         queries = side * side
         shapes = pyramid_shapes(side, n_levels)
         areas = shapes[:, 0] * shapes[:, 1]
-        start_index = np.concatenate([[0], np.cumsum(areas)[:-1]]).astype(np.int64)
+        start_index = level_start_index_of(shapes)
         pyramid = rng.standard_normal((1, int(areas.sum()), d_model)).astype(np.float32)
         src = pyramid[:, :queries]  # (1, Lq, d_model): the finest level asks
         # each query's reference point: its own pixel centre, on every level
@@ -140,17 +133,17 @@ def attention_cost(sides=SIDES, d_model: int = 256, n_heads: int = 8, n_levels: 
         else:
             def run_dense():
                 dense(src, src, src)
-            peak = _peak_bytes(run_dense)
+            peak = _peak_bytes(run_dense)  # warms up too
             peak_per_weight = peak / dense_weights
-            rows.append(AttentionCost("dense", side, queries, dense_weights, peak,
-                                      _median_ms(run_dense, repeats), True))
+            ms = 1e3 * median_seconds(run_dense, repeats, warmup=False)
+            rows.append(AttentionCost("dense", side, queries, dense_weights, peak, ms, True))
 
         def run_deformable():
             deformable(src, reference, pyramid, shapes, start_index)
         peak = _peak_bytes(run_deformable)
+        ms = 1e3 * median_seconds(run_deformable, repeats, warmup=False)
         rows.append(AttentionCost("deformable", side, queries,
-                                  4 * queries * n_heads * n_levels * n_points, peak,
-                                  _median_ms(run_deformable, repeats), True))
+                                  4 * queries * n_heads * n_levels * n_points, peak, ms, True))
     return rows
 
 

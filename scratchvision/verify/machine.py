@@ -19,7 +19,7 @@ import time
 import numpy as np
 from numba import njit, prange
 
-__all__ = ["machine_limits"]
+__all__ = ["machine_limits", "median_seconds"]
 
 
 @njit(parallel=True, cache=True)
@@ -28,8 +28,11 @@ def _triad(a, b, c, s):
         a[i] = b[i] + s * c[i]
 
 
-def _median_seconds(call, repeats: int) -> float:
-    call()  # compile, first touch of the pages: not counted
+def median_seconds(call, repeats: int, warmup: bool = True) -> float:
+    """The median wall-clock seconds of ``repeats`` calls of ``call()``, after one call that
+    is not counted (compilation, first touch of the pages) unless ``warmup`` is False."""
+    if warmup:
+        call()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
@@ -44,8 +47,8 @@ def machine_limits(repeats: int = 7, elements: int = 64 * 2 ** 20, n: int = 2048
     a = np.zeros(elements, np.float32)
     b = np.ones(elements, np.float32)
     c = np.ones(elements, np.float32)
-    triad = _median_seconds(lambda: _triad(a, b, c, np.float32(2.0)), repeats)
+    triad = median_seconds(lambda: _triad(a, b, c, np.float32(2.0)), repeats)
     x = np.random.default_rng(0).random((n, n), dtype=np.float32)
-    product = _median_seconds(lambda: x @ x, repeats)
+    product = median_seconds(lambda: x @ x, repeats)
     return {"bandwidth_gb_s": 3 * a.nbytes / triad / 1e9,
             "sgemm_gflop_s": 2 * n ** 3 / product / 1e9}

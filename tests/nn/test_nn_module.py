@@ -270,3 +270,28 @@ def test_composed_models_pass_gradcheck():
     x = rng.standard_normal((5, 3))
     assert np.abs(custom.body[0](x)).min() > 1e-3
     check_layer(custom, x).raise_if_failed()
+
+
+def test_wrapped_methods_wraps_one_instance_and_restores_it_even_after_an_error():
+    from scratchvision.nn import Linear, wrapped_methods
+
+    probed, other = Linear(2, 2, rng=0), Linear(2, 2, rng=1)
+    calls = []
+
+    def counting(original):
+        def forward(x):
+            calls.append(x.shape)
+            return original(x)
+        return forward
+
+    x = np.ones((3, 2))
+    with pytest.raises(RuntimeError, match="inside"):
+        with wrapped_methods([(probed, "forward", counting)]):
+            np.testing.assert_array_equal(probed(x), x @ probed.weight.data.T
+                                          + probed.bias.data)
+            other(x)  # another instance of the class is not wrapped
+            raise RuntimeError("inside")
+    assert calls == [(3, 2)]
+    assert "forward" not in vars(probed)
+    probed(x)
+    assert calls == [(3, 2)]  # back to the class's method
